@@ -1,0 +1,149 @@
+"""The ``rsna2024`` command: thin argument parsing over the package's modules.
+
+Each subcommand is a pair: ``_add_<name>`` declares its arguments, ``_run_<name>`` imports the
+module that does the work (lazily, so ``rsna2024 --help`` stays fast) and calls it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rsna2024.errors import RsnaError
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub):
+    p = sub.add_parser("synth", help="write a synthetic phantom dataset in the competition's Kaggle layout")
+    p.add_argument("--out", type=Path, required=True, help="output folder (Kaggle layout)")
+    p.add_argument("--studies", type=int, default=20, help="number of training studies")
+    p.add_argument("--test-studies", type=int, default=2, help="number of test studies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["small", "full"], default="small",
+                   help="small: ~128 px CI-sized images; full: real-sized 384-512 px")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (joblib)")
+    p.add_argument("--preview", type=Path, default=None, help="also draw a montage of one study to this PNG")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    return p
+
+
+def _run_synth(args):
+    from rsna2024.synthetic.generate import generate_dataset
+
+    generate_dataset(args.out, studies=args.studies, test_studies=args.test_studies, seed=args.seed,
+                     size=args.size, workers=args.workers, preview=args.preview, overwrite=args.overwrite)
+    print(f"phantom dataset written to {args.out}")
+
+
+# --------------------------------------------------------------------------- validate
+def _add_validate(sub):
+    p = sub.add_parser("validate", help="check a data folder against the competition's data contract")
+    p.add_argument("--data", type=Path, required=True, help="data folder in Kaggle layout")
+    return p
+
+
+def _run_validate(args):
+    from rsna2024.data.validate import validate_data
+
+    report = validate_data(args.data)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- folds
+def _add_folds(sub):
+    p = sub.add_parser("folds", help="write folds.csv (study_id, fold): stratified, grouped by study")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="default: <data>/folds.csv")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _run_folds(args):
+    from rsna2024.data.folds import make_folds
+
+    path = make_folds(args.data, out=args.out, n_folds=args.n_folds, seed=args.seed, overwrite=args.overwrite)
+    print(f"folds written to {path}")
+
+
+# --------------------------------------------------------------------------- prior
+def _add_prior(sub):
+    p = sub.add_parser("prior", help="score the image-free class-prior predictor in k-fold CV")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--folds", type=Path, default=None, help="default: <data>/folds.csv (made if absent)")
+    return p
+
+
+def _run_prior(args):
+    from rsna2024.data.prior import evaluate_prior
+    from rsna2024.metric import format_scores
+
+    print(format_scores(evaluate_prior(args.data, folds_path=args.folds), title="image-free prior, k-fold CV"))
+
+
+# --------------------------------------------------------------------------- score
+def _add_score(sub):
+    p = sub.add_parser("score", help="score a submission-format file against a data folder's labels")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--submission", type=Path, required=True)
+    return p
+
+
+def _run_score(args):
+    from rsna2024.metric import format_scores, score_submission_file
+
+    print(format_scores(score_submission_file(args.data, args.submission), title=str(args.submission)))
+
+
+# --------------------------------------------------------------------------- preprocess
+def _add_preprocess(sub):
+    p = sub.add_parser("preprocess", help="decode every DICOM series once into the preprocessing cache")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--cache", type=Path, default=None, help="cache root (default: <data>/../cache)")
+    p.add_argument("--split", choices=["train", "test", "all"], default="all")
+    p.add_argument("--workers", type=int, default=1)
+    return p
+
+
+def _run_preprocess(args):
+    from rsna2024.dicom.cache import preprocess
+
+    index = preprocess(args.data, cache_root=args.cache, split=args.split, workers=args.workers)
+    print(f"cache ready: {index}")
+
+
+COMMANDS = {
+    "synth": (_add_synth, _run_synth),
+    "validate": (_add_validate, _run_validate),
+    "folds": (_add_folds, _run_folds),
+    "prior": (_add_prior, _run_prior),
+    "score": (_add_score, _run_score),
+    "preprocess": (_add_preprocess, _run_preprocess),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rsna2024", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add, run) in COMMANDS.items():
+        add(sub).set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rsna2024.utils.logging import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO")
+    try:
+        return int(args._run(args) or 0)
+    except (RsnaError, FileExistsError, FileNotFoundError) as exc:
+        print(f"rsna2024 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

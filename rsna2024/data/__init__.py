@@ -1,0 +1,1 @@
+"""The competition's CSV contract: reading and validating data folders, folds, the image-free prior."""

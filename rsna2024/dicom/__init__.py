@@ -1,0 +1,1 @@
+"""DICOM series ingestion with patient-space geometry, and the preprocessing cache."""
