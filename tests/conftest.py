@@ -1,0 +1,27 @@
+"""Shared fixtures: a small phantom dataset generated once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rsna2024.synthetic.generate import generate_dataset
+from rsna2024.synthetic.quirks import TEST_QUIRKS
+
+PHANTOM_TRAIN_STUDIES = 8
+PHANTOM_TEST_STUDIES = 2
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small phantom (8 train + 2 test studies, size small, seed 0) in Kaggle layout.
+
+    Quirk rates are raised (``TEST_QUIRKS``, with ``ensure_each``) so the dataset holds at least one
+    study with a second Axial T2, one training study lacking a series type, one series with a slice
+    of a different size, instance numbers not starting at 1 and instance numbers (file names) not
+    in position order. Ground truth lies in ``phantom/`` (``landmarks.csv``, ``labels.csv``,
+    ``studies.json``). Treat it as read-only: it is shared by the whole session.
+    """
+    out = tmp_path_factory.mktemp("phantom") / "data"
+    return generate_dataset(out, studies=PHANTOM_TRAIN_STUDIES, test_studies=PHANTOM_TEST_STUDIES, seed=0,
+                            size="small", workers=1, quirks=TEST_QUIRKS)
