@@ -15,7 +15,7 @@ import pydicom
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from rsna2024.dicom.series import Series, series_normal
+from rsna2024.dicom.series import Series, series_normal, slice_centers
 from rsna2024.errors import DicomError
 from rsna2024.utils.logging import get_logger
 
@@ -171,9 +171,11 @@ def read_series(folder: str | Path, description: str = "") -> Series:
     row_dirs = np.stack([s.row_dir for s in slices])
     col_dirs = np.stack([s.col_dir for s in slices])
     positions = np.stack([s.position for s in slices])
+    spacings = np.stack([s.spacing for s in slices])
     normal = series_normal(row_dirs, col_dirs)
     instance_numbers = np.array([s.instance_number for s in slices], dtype=np.int64)
-    order = np.lexsort((instance_numbers, np.round(positions @ normal, 4)))
+    centers = slice_centers(positions, row_dirs, col_dirs, spacings, shape)
+    order = np.lexsort((instance_numbers, np.round(centers @ normal, 4)))
 
     pixels = np.empty((len(slices), *shape), dtype=np.float32)
     for out, i in zip(pixels, order):
@@ -189,7 +191,7 @@ def read_series(folder: str | Path, description: str = "") -> Series:
         positions=positions[order],
         row_dirs=row_dirs[order],
         col_dirs=col_dirs[order],
-        spacings=np.stack([s.spacing for s in slices])[order],
+        spacings=spacings[order],
         study_id=_int_or_none(folder.parent.name),
         series_id=_int_or_none(folder.name),
         description=description or slices[order[0]].description,

@@ -81,9 +81,14 @@ class Series:
         return series_normal(self.row_dirs, self.col_dirs)
 
     @property
+    def centers(self) -> np.ndarray:
+        """(S, 3) LPS centre of each slice's image (mm)."""
+        return slice_centers(self.positions, self.row_dirs, self.col_dirs, self.spacings, self.pixels.shape[1:])
+
+    @property
     def slice_offsets(self) -> np.ndarray:
-        """(S,) position of each slice along ``series_normal`` in mm (increasing)."""
-        return self.positions @ self.series_normal
+        """(S,) position of each slice's centre along ``series_normal`` in mm (increasing)."""
+        return self.centers @ self.series_normal
 
     @property
     def slice_spacing(self) -> float:
@@ -172,3 +177,12 @@ def series_normal(row_dirs: np.ndarray, col_dirs: np.ndarray) -> np.ndarray:
     if norm < 1e-6:
         raise DicomError("slice normals of the series cancel out; cannot order the slices")
     return mean / norm
+
+
+def slice_centers(positions: np.ndarray, row_dirs: np.ndarray, col_dirs: np.ndarray, spacings: np.ndarray,
+                  shape: tuple[int, int]) -> np.ndarray:
+    """(S, 3) image centres of slices of ``shape`` = (rows, columns); the sort key of a series
+    (centres rather than first-pixel corners, so tilted sub-stacks are ordered by where they are)."""
+    rows, cols = shape
+    return (np.asarray(positions) + (cols - 1) / 2 * np.asarray(spacings)[:, 1:2] * row_dirs
+            + (rows - 1) / 2 * np.asarray(spacings)[:, 0:1] * col_dirs)
