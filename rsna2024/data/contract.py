@@ -127,3 +127,111 @@ def load_series_descriptions(data_dir: str | Path, split: str = "train") -> pd.D
     check_values(df, "series_description", SERIES_TYPES, path)
     check_unique(df, ["study_id", "series_id"], path)
     return df[list(SERIES_COLUMNS)].astype({"series_description": str})
+
+
+# --------------------------------------------------------------------------- labels
+def load_labels_wide(data_dir: str | Path) -> pd.DataFrame:
+    """``train.csv``: ``study_id (int64)`` + the 25 target columns holding a label string or NaN.
+
+    Raises DataError for a missing file or target column, a non-integer or repeated study id, or a
+    cell that is neither a known label nor empty. Missing labels stay NaN.
+    """
+    path = Path(data_dir) / LABELS_FILE
+    df = read_csv(path, ("study_id",) + TARGET_COLUMNS)
+    df["study_id"] = integer_column(df, "study_id", path)
+    for column in TARGET_COLUMNS:
+        check_values(df, column, LABELS, path, allow_missing=True)
+    check_unique(df, ["study_id"], path)
+    return df[["study_id", *TARGET_COLUMNS]]
+
+
+def labels_long(wide: pd.DataFrame) -> pd.DataFrame:
+    """One row per (study, condition, level): ``study_id, condition, level, row_id, label, label_index``.
+
+    ``condition`` and ``level`` are snake case; a missing label is NaN in ``label`` and -1 in
+    ``label_index``. Rows come study by study in ``train.csv`` column order.
+    """
+    long = wide.melt(id_vars="study_id", value_vars=list(TARGET_COLUMNS), var_name="target", value_name="label")
+    order = {t: i for i, t in enumerate(TARGET_COLUMNS)}
+    long = long.assign(_order=long["target"].map(order)).sort_values(["study_id", "_order"], kind="stable")
+    long["condition"] = long["target"].str[:-6]
+    long["level"] = long["target"].str[-5:]
+    long["row_id"] = long["study_id"].astype(str) + "_" + long["target"]
+    long["label_index"] = long["label"].map(LABEL_INDEX).fillna(-1).astype("int64")
+    return long[["study_id", "condition", "level", "row_id", "label", "label_index"]].reset_index(drop=True)
+
+
+def load_labels_long(data_dir: str | Path) -> pd.DataFrame:
+    """``train.csv`` in long form (see :func:`labels_long`)."""
+    return labels_long(load_labels_wide(data_dir))
+
+
+# --------------------------------------------------------------------------- coordinates
+def load_coordinates(data_dir: str | Path, descriptions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``train_label_coordinates.csv`` joined with each point's ``series_description``.
+
+    Columns: the file's ``study_id, series_id, instance_number, condition, level, x, y`` (strings
+    as in the file) plus snake-case ``condition_key``, ``level_key``, ``row_id`` and
+    ``series_description``. Raises DataError for a missing column, non-integer ids, unknown
+    condition or level strings, non-finite x/y, a (study, condition, level) given twice, or a point
+    on a series that ``train_series_descriptions.csv`` does not describe.
+    """
+    path = Path(data_dir) / COORDINATES_FILE
+    if descriptions is None:
+        descriptions = load_series_descriptions(data_dir, "train")
+    df = read_csv(path, COORDINATE_COLUMNS)
+    for column in ("study_id", "series_id", "instance_number"):
+        df[column] = integer_column(df, column, path)
+    check_values(df, "condition", CONDITION_NAMES.values(), path)
+    check_values(df, "level", LEVEL_NAMES.values(), path)
+    for column in ("x", "y"):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=float))
+        if bad.any():
+            raise DataError(f"{path}: column {column!r} must hold finite numbers (pixel positions); line(s) "
+                            f"{describe_items(file_lines(np.flatnonzero(bad)))} do not")
+        df[column] = values.astype(float)
+    check_unique(df, ["study_id", "condition", "level"], path)
+    df["condition_key"] = df["condition"].map(CONDITION_FROM_NAME)
+    df["level_key"] = df["level"].map(LEVEL_FROM_NAME)
+    df["row_id"] = df["study_id"].astype(str) + "_" + df["condition_key"] + "_" + df["level_key"]
+    joined = df.merge(descriptions[["study_id", "series_id", "series_description"]],
+                      on=["study_id", "series_id"], how="left", validate="many_to_one")
+    orphan = joined["series_description"].isna()
+    if orphan.any():
+        rows = np.flatnonzero(orphan.to_numpy())
+        pairs = joined.loc[orphan, ["study_id", "series_id"]].drop_duplicates().astype(str).agg("/".join, axis=1)
+        raise DataError(f"{path}: line(s) {describe_items(file_lines(rows))} point to (study_id/series_id) "
+                        f"{describe_items(pairs.tolist())}, which train_series_descriptions.csv does not describe; "
+                        f"expected every labelled series to be listed there")
+    return joined
+
+
+def series_type_mismatches(coordinates: pd.DataFrame) -> pd.DataFrame:
+    """Coordinate rows marked on a series type other than the one their condition is read on."""
+    expected = coordinates["condition_key"].map(CONDITION_SERIES)
+    return coordinates[expected != coordinates["series_description"]]
+
+
+# --------------------------------------------------------------------------- images
+def list_image_folders(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
+    """The ``<split>_images/<study>/<series>/*.dcm`` tree as ``study_id, series_id, n_files``.
+
+    Only lists folders and file names (no DICOM is read). Folders whose names are not integers are
+    ignored. Raises DataError when the images folder is missing or a study folder holds no ``.dcm``
+    file in any series folder. A series folder without ``.dcm`` files gets ``n_files`` 0.
+    """
+    root = images_dir(data_dir, split)
+    if not root.is_dir():
+        raise DataError(f"{root}: images folder not found (expected <study_id>/<series_id>/*.dcm under it)")
+    rows, empty = [], []
+    for study in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()):
+        study_rows = [(int(study.name), int(series.name), sum(1 for _ in series.glob("*.dcm")))
+                      for series in sorted(study.iterdir()) if series.is_dir() and series.name.isdigit()]
+        if not any(n for _, _, n in study_rows):
+            empty.append(study.name)
+        rows.extend(study_rows)
+    if empty:
+        raise DataError(f"{root}: study folder(s) {describe_items(empty)} hold no images; expected "
+                        f"<study_id>/<series_id>/*.dcm")
+    return pd.DataFrame(rows, columns=["study_id", "series_id", "n_files"]).astype("int64")

@@ -1,0 +1,64 @@
+"""The image-free floor: per condition and level, the training folds' class frequencies.
+
+The weight-aware prior multiplies the frequencies by the metric's class weights (1, 2, 4) and
+renormalises, which is the constant prediction that minimises the weighted log loss; the plain
+frequencies are kept as an option for comparison.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rsna2024.constants import CLASS_WEIGHTS, PRED_COLUMNS
+from rsna2024.data.contract import labels_long, load_labels_wide
+from rsna2024.data.folds import FOLDS_FILE, compute_folds, load_folds
+from rsna2024.metric import score, solution_from_long
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def fit_prior(long: pd.DataFrame, weighted: bool = True) -> pd.DataFrame:
+    """Per target (``condition, level``) the predicted ``normal_mild, moderate, severe`` from labelled rows.
+
+    A target without any labelled row gets uniform probabilities.
+    """
+    known = long[long["label_index"] >= 0]
+    counts = (pd.crosstab([known["condition"], known["level"]], known["label_index"])
+              .reindex(columns=range(3), fill_value=0).astype(float))
+    if weighted:
+        counts = counts * np.asarray(CLASS_WEIGHTS)
+    probs = counts.div(counts.sum(axis=1), axis=0)
+    probs.columns = list(PRED_COLUMNS)
+    return probs.reset_index()
+
+
+def prior_oof(wide: pd.DataFrame, folds: pd.DataFrame, weighted: bool = True) -> pd.DataFrame:
+    """Out-of-fold predictions of the prior in submission format (``row_id`` + the three columns)."""
+    long = labels_long(wide).merge(folds, on="study_id", how="left", validate="many_to_one")
+    parts = []
+    for fold in sorted(folds["fold"].unique()):
+        prior = fit_prior(long[long["fold"] != fold], weighted=weighted)
+        valid = long.loc[long["fold"] == fold, ["row_id", "condition", "level"]]
+        parts.append(valid.merge(prior, on=["condition", "level"], how="left"))
+    oof = pd.concat(parts, ignore_index=True)
+    oof[list(PRED_COLUMNS)] = oof[list(PRED_COLUMNS)].fillna(1 / 3)
+    return oof[["row_id", *PRED_COLUMNS]]
+
+
+def evaluate_prior(data_dir: str | Path, folds_path: str | Path | None = None,
+                   weighted: bool = True) -> dict[str, float]:
+    """Score the prior in k-fold CV over ``folds_path`` (default ``<data_dir>/folds.csv``; when that is
+    absent, the folds ``make_folds`` would write, computed in memory). Returns the metric's terms."""
+    wide = load_labels_wide(data_dir)
+    if folds_path is None and (Path(data_dir) / FOLDS_FILE).is_file():
+        folds_path = Path(data_dir) / FOLDS_FILE
+    if folds_path is None:
+        log.info("no %s in %s: using the default folds (5, seed 42) computed in memory", FOLDS_FILE, data_dir)
+        folds = compute_folds(data_dir)
+    else:
+        folds = load_folds(folds_path, study_ids=wide["study_id"])
+    oof = prior_oof(wide, folds, weighted=weighted)
+    return score(solution_from_long(labels_long(wide)), oof)
