@@ -1,0 +1,129 @@
+"""Patient-space geometry between series: projections, slices at mm offsets, axial level assignment, ROIs.
+
+Everything is in LPS millimetres and works per slice (each slice's own plane), so tilted axial
+sub-stacks inside one series are handled. Later stages ask these functions for slices and regions;
+they never multiply by PixelSpacing themselves.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from rsna2024.dicom.series import Projection, Series
+
+DEFAULT_LEVEL_MAX_DISTANCE_MM = 5.0
+LEVEL_TABLE_COLUMNS = ("series_id", "slice_index", "instance_number", "level", "distance_mm", "x", "y")
+
+
+def project_point(src: Series, instance_number: int, x: float, y: float, dst: Series) -> Projection:
+    """Project pixel (x, y) of slice ``instance_number`` of ``src`` into ``dst``: the nearest ``dst``
+    slice's InstanceNumber, the in-plane pixel there and the distance (mm) from that slice's plane."""
+    return dst.from_patient(src.to_patient(instance_number, x, y))
+
+
+def lps_oriented_normal(series: Series) -> np.ndarray:
+    """The series normal flipped so that its dominant component is positive.
+
+    Positive then means patient Left for sagittal, Posterior for coronal and Superior for axial series.
+    """
+    n = series.series_normal
+    return n if n[np.argmax(np.abs(n))] > 0 else -n
+
+
+def middle_slice_index(series: Series) -> int:
+    """Index of the slice nearest the middle of the stack along the normal (mid-sagittal for Sag)."""
+    z = series.slice_offsets
+    return int(np.argmin(np.abs(z - (z[0] + z[-1]) / 2)))
+
+
+def slices_at_offsets(series: Series, offsets_mm: Sequence[float], reference: int | None = None,
+                      ) -> np.ndarray:
+    """Indices of the slices nearest ``reference`` + each offset (mm) along :func:`lps_oriented_normal`.
+
+    ``reference`` is a slice index (default: :func:`middle_slice_index`). For a sagittal series a
+    positive offset is towards the patient's left, so ``[-16.8, 16.8]`` gives right and left foramina.
+    Offsets beyond the stack give its end slices.
+    """
+    ref = middle_slice_index(series) if reference is None else int(reference)
+    direction = lps_oriented_normal(series)
+    along = (series.centers - series.centers[ref]) @ direction
+    offsets = np.asarray(offsets_mm, dtype=np.float64)
+    return np.argmin(np.abs(along[None, :] - offsets[:, None]), axis=1)
+
+
+def slice_window(series: Series, center: int, count: int, step: int = 1) -> np.ndarray:
+    """``count`` slice indices centred on ``center`` (``step`` apart), clipped to the stack's ends."""
+    half = (count - 1) / 2
+    idx = np.round(center + (np.arange(count) - half) * step).astype(int)
+    return np.clip(idx, 0, len(series.instance_numbers) - 1)
+
+
+def assign_axial_levels(axials: Sequence[Series], level_points: Mapping[str, Sequence[float]],
+                        max_distance_mm: float = DEFAULT_LEVEL_MAX_DISTANCE_MM) -> pd.DataFrame:
+    """Give each slice of every axial series the nearest disc level in patient space.
+
+    ``level_points`` maps a level name to an LPS point (e.g. the Sagittal T2 spinal-canal points
+    converted with ``Series.to_patient``). The distance is from the point to the slice's own plane;
+    a slice whose nearest level is farther than ``max_distance_mm`` gets a missing level (NaN). Returns one row
+    per slice: series_id, slice_index, instance_number, level, distance_mm, x, y (the level point's
+    in-plane pixel on that slice).
+    """
+    if not level_points:
+        raise ValueError("assign_axial_levels needs at least one level point")
+    names = list(level_points)
+    points = np.asarray([level_points[k] for k in names], dtype=np.float64).reshape(len(names), 3)
+    tables = []
+    for series in axials:
+        # each (levels, slices): in-plane x, y and signed distance of each level point to each slice plane
+        x, y, z = (np.stack(c) for c in zip(*(series.plane_coordinates(p) for p in points)))
+        best = np.argmin(np.abs(z), axis=0)
+        cols = np.arange(len(series.instance_numbers))
+        dist = np.abs(z[best, cols])
+        ok = dist <= max_distance_mm
+        tables.append(pd.DataFrame({
+            "series_id": series.series_id, "slice_index": cols, "instance_number": series.instance_numbers,
+            "level": np.where(ok, np.asarray(names, dtype=object)[best], None), "distance_mm": dist,
+            "x": np.where(ok, x[best, cols], np.nan), "y": np.where(ok, y[best, cols], np.nan),
+        }))
+    if not tables:
+        return pd.DataFrame(columns=LEVEL_TABLE_COLUMNS)
+    return pd.concat(tables, ignore_index=True)[list(LEVEL_TABLE_COLUMNS)]
+
+
+def nearest_axial_slice(axials: Sequence[Series], point: Sequence[float],
+                        max_distance_mm: float = DEFAULT_LEVEL_MAX_DISTANCE_MM) -> tuple[int, int, float] | None:
+    """(series position in ``axials``, slice index, distance mm) of the axial slice nearest ``point``
+    over all axial series of a study, or None if none is within ``max_distance_mm``."""
+    best: tuple[int, int, float] | None = None
+    for s_idx, series in enumerate(axials):
+        i, _, _, d = series.nearest_slice(point)
+        if d <= max_distance_mm and (best is None or d < best[2]):
+            best = (s_idx, i, d)
+    return best
+
+
+def crop_roi(series: Series, center: Sequence[float], size_mm: float, out_size: int,
+             slices: Sequence[int] | None = None, order: int = 1) -> np.ndarray:
+    """A ``size_mm`` x ``size_mm`` square centred on the LPS point ``center``, resampled to
+    ``out_size`` x ``out_size`` on each slice of ``slices`` (default: the slice nearest ``center``).
+
+    The point is projected onto each slice's own plane; the square is aligned with the slice's rows
+    and columns. Interpolation ``order`` 1 (bilinear); outside the image is 0. Returns
+    (len(slices), out_size, out_size) float32.
+    """
+    from scipy.ndimage import map_coordinates
+
+    if slices is None:
+        slices = [series.nearest_slice(center)[0]]
+    xs, ys, _ = series.plane_coordinates(center)
+    # sample centres of the out grid, in mm from the ROI centre
+    grid_mm = (np.arange(out_size) + 0.5) * (size_mm / out_size) - size_mm / 2
+    out = np.zeros((len(slices), out_size, out_size), dtype=np.float32)
+    for j, i in enumerate(slices):
+        row_sp, col_sp = series.spacings[i]
+        yy, xx = np.meshgrid(ys[i] + grid_mm / row_sp, xs[i] + grid_mm / col_sp, indexing="ij")
+        out[j] = map_coordinates(np.asarray(series.pixels[i], dtype=np.float32), [yy, xx], order=order,
+                                 mode="constant", cval=0.0)
+    return out
