@@ -10,7 +10,8 @@ Score (lower is better) = mean of four terms:
    weight of those rows, times ``any_severe_scalar`` (1.0).
 
 As in the published scorer (which called scikit-learn's ``log_loss`` with eps 1e-15): predictions
-are clipped to ``[eps, 1 - eps]`` and each row renormalised to sum 1 before the log; the
+are clipped to ``[eps, 1 - eps]`` and then each row renormalised to sum 1 before the log (so a value
+above 1 counts as ``1 - eps``, not as its share of the row's sum); the
 any_severe term takes the submitted ``severe`` values as given (clipped, not renormalised). Rows
 whose label is missing are dropped from both sides; a study without a labelled spinal row has no
 any_severe term.
@@ -130,7 +131,7 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame, any_severe_scalar: f
     sub = check_submission(submission, expected_row_ids=solution["row_id"])
     sol = solution.assign(row_id=solution["row_id"].astype(str))
     sol = sol[sol["sample_weight"].notna()]
-    merged = sol.merge(sub, on="row_id", suffixes=("_true", ""), validate="one_to_one")
+    merged = sol.merge(sub, on="row_id", suffixes=("_true", ""), validate="one_to_one").sort_values("row_id")
     parsed = [parse_row_id(r) for r in merged["row_id"]]
     merged["study_id"] = [p[0] for p in parsed]
     merged["group"] = [GROUP_OF_CONDITION[p[1]] for p in parsed]
