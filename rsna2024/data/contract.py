@@ -64,6 +64,11 @@ def describe_items(items: Sequence, show: int = _SHOW) -> str:
     return text + (f" (and {len(items) - show} more)" if len(items) > show else "")
 
 
+def join_keys(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """Each row's ``columns`` joined by ``/`` (e.g. ``'study/series'``), for messages."""
+    return ["/".join(map(str, values)) for values in zip(*(df[c] for c in columns))]
+
+
 def read_csv(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
     """Read a contract CSV, checking it exists and holds ``columns`` (extra columns are kept)."""
     path = Path(path)
@@ -108,7 +113,7 @@ def check_unique(df: pd.DataFrame, keys: list[str], path: str | Path) -> None:
     dup = df.duplicated(keys, keep=False)
     if dup.any():
         rows = dup[dup].index
-        combos = df.loc[rows, keys].drop_duplicates().astype(str).agg("/".join, axis=1).tolist()
+        combos = join_keys(df.loc[rows, keys].drop_duplicates(), keys)
         raise DataError(f"{path}: duplicate ({', '.join(keys)}) {describe_items(combos)} at line(s) "
                         f"{describe_items(file_lines(rows))}; expected each combination once")
 
@@ -200,9 +205,9 @@ def load_coordinates(data_dir: str | Path, descriptions: pd.DataFrame | None = N
     orphan = joined["series_description"].isna()
     if orphan.any():
         rows = np.flatnonzero(orphan.to_numpy())
-        pairs = joined.loc[orphan, ["study_id", "series_id"]].drop_duplicates().astype(str).agg("/".join, axis=1)
+        pairs = join_keys(joined.loc[orphan, ["study_id", "series_id"]].drop_duplicates(), ["study_id", "series_id"])
         raise DataError(f"{path}: line(s) {describe_items(file_lines(rows))} point to (study_id/series_id) "
-                        f"{describe_items(pairs.tolist())}, which train_series_descriptions.csv does not describe; "
+                        f"{describe_items(pairs)}, which train_series_descriptions.csv does not describe; "
                         f"expected every labelled series to be listed there")
     return joined
 

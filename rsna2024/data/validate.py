@@ -17,6 +17,7 @@ from rsna2024.data.contract import (
     COORDINATES_FILE,
     describe_items,
     images_dir,
+    join_keys,
     labels_long,
     list_image_folders,
     load_coordinates,
@@ -119,8 +120,8 @@ def _check_images(report: ValidationReport, split: str, descriptions: pd.DataFra
         return True
     report.summary[f"{split} images"] = (f"{listing['study_id'].nunique()} studies, {len(listing)} series, "
                                          f"{int(listing['n_files'].sum())} .dcm files")
-    report.warn_if((listing.loc[listing["n_files"] == 0, ["study_id", "series_id"]].astype(str)
-                    .agg("/".join, axis=1)), f"series folders under {root.name} hold no .dcm file")
+    report.warn_if(join_keys(listing[listing["n_files"] == 0], ["study_id", "series_id"]),
+                   f"series folders under {root.name} hold no .dcm file")
     if descriptions is not None:
         on_disk = set(zip(listing["study_id"], listing["series_id"]))
         described = set(zip(descriptions["study_id"], descriptions["series_id"]))
