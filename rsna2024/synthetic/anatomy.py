@@ -59,12 +59,19 @@ class Anatomy:
     recess_w: float  # |w| of the subarticular recess centres
     recess_u: float
     recess_r: float
+    trunk_y: float  # body-frame Y of the trunk's centre (the trunk is straight, not curved)
+    trunk_w: float  # trunk half-width
+    trunk_ap: float  # trunk half-depth
     narrowing: dict[str, np.ndarray] = field(default_factory=dict)  # condition -> (7,) fraction lost
 
     # ------------------------------------------------------------------ coordinates
+    def to_body(self, points: np.ndarray) -> np.ndarray:
+        """Patient points (N, 3) -> body-frame points (N, 3): X left, Y posterior, Z superior."""
+        return (np.asarray(points, dtype=np.float64) - self.shift) @ self.rotation  # R^T (p - t)
+
     def to_local(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patient points (N, 3) -> curve coordinates ``(w, u, s)``, each (N,)."""
-        q = (np.asarray(points, dtype=np.float64) - self.shift) @ self.rotation  # R^T (p - t)
+        q = self.to_body(points)
         dy = self.radius - q[:, 1]  # centre of curvature at (Y, Z) = (radius, 0)
         dz = q[:, 2]
         d = np.hypot(dy, dz)
@@ -151,13 +158,16 @@ def sample_anatomy(rng: np.random.Generator, classes: np.ndarray) -> Anatomy:
         for li, level in enumerate(LEVELS):
             frac[DISC_INDEX[level]] = rng.uniform(*NARROWING_RANGES[int(classes[ci, li])])
         narrowing[cond] = frac
+    trunk_ap = scale * rng.uniform(115.0, 135.0)
     pose = rotation_matrix(rng.uniform(-8, 8), rng.uniform(-4, 4), rng.uniform(-5, 5))
     shift = np.array([rng.uniform(-15, 15), rng.uniform(0, 40), rng.uniform(-80, -20)])
     return Anatomy(
-        rotation=pose, shift=shift, radius=rng.uniform(180.0, 360.0), disc_s=disc_s, disc_h=disc_h,
+        rotation=pose, shift=shift, radius=rng.uniform(260.0, 420.0), disc_s=disc_s, disc_h=disc_h,
         column_s=column_s, body_w=body_w, body_ap=body_ap, canal_w=canal_w, canal_ap=canal_ap,
         canal_u=canal_u, foramen_w=canal_w + scale * 4.5, foramen_u=canal_u - 0.15 * canal_ap,
         foramen_ds=scale * 2.5, foramen_rs=scale * rng.uniform(6.0, 7.5), foramen_ru=scale * 4.5,
         recess_w=canal_w - 1.8, recess_u=canal_u + 0.2 * canal_ap, recess_r=scale * 3.2,
+        trunk_y=canal_u + canal_ap + scale * rng.uniform(50.0, 65.0) - trunk_ap, trunk_w=scale * rng.uniform(130, 160),
+        trunk_ap=trunk_ap,
         narrowing=narrowing,
     )

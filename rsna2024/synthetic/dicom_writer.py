@@ -11,9 +11,10 @@ from typing import Sequence
 import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's documented example root, for generated UIDs
+_IMPLEMENTATION_UID = f"{_UID_ROOT}0.1"  # fixed: identical inputs give identical files
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def write_mr_slice(
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = generate_uid(_UID_ROOT)
+    meta.ImplementationClassUID = _IMPLEMENTATION_UID
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = sop_uid

@@ -58,18 +58,21 @@ def _narrowed(lab: np.ndarray, nominal: np.ndarray, kept: np.ndarray, fill: int)
 def tissue_map(anat: Anatomy, points: np.ndarray) -> np.ndarray:
     """Tissue index (uint8) at each patient point (N, 3)."""
     w, u, s = anat.to_local(points)
+    q = anat.to_body(points)
     lab = np.full(len(w), AIR, dtype=np.uint8)
     aw = np.abs(w)
     left = w >= 0
 
-    # Trunk: a fat-rimmed ellipse of viscera, psoas and paraspinal muscles, the aorta.
-    trunk_u0, trunk_rw, trunk_ru = -45.0, 140.0, 125.0
-    lab[_inside(w, u - trunk_u0, trunk_rw, trunk_ru)] = FAT
-    lab[_inside(w, u - trunk_u0, trunk_rw - 14, trunk_ru - 12)] = VISCERA
+    # Trunk (straight, in the body frame): a fat-rimmed ellipse of viscera and the aorta;
+    # psoas and paraspinal muscles follow the spine.
+    trunk_y = q[:, 1] - anat.trunk_y
+    lab[_inside(q[:, 0], trunk_y, anat.trunk_w, anat.trunk_ap)] = FAT
+    inner = _inside(q[:, 0], trunk_y, anat.trunk_w - 14, anat.trunk_ap - 12)
+    lab[inner] = VISCERA
+    lab[inner & (u > 0.3 * anat.body_ap) & _inside(w, u - anat.canal_u - 10.0, 62.0, 70.0)] = MUSCLE  # paraspinal muscle mass
     psoas_r = np.clip(9.0 - 0.06 * s, 3.0, 18.0)
     lab[_inside(aw - (anat.body_w + 9.0), u - 2.0, psoas_r, psoas_r * 1.1)] = MUSCLE
-    lab[_inside(aw - 24.0, u - (anat.canal_u + anat.canal_ap + 22.0), 19.0, 21.0)] = MUSCLE
-    lab[_inside(w - 12.0, u + anat.body_ap + 13.0, 10.0, 10.0)] = VESSEL
+    lab[_inside(q[:, 0] - 12.0, q[:, 1] + anat.body_ap + 13.0, 10.0, 10.0)] = VESSEL
 
     # Vertebral column: nearest disc k, offset ds from its centre.
     mids = (anat.disc_s[1:] + anat.disc_s[:-1]) / 2

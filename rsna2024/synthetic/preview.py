@@ -1,0 +1,83 @@
+"""A montage of one phantom study's series with its label points (matplotlib, Agg backend).
+
+Reads the written DICOM files with pydicom and the coordinate CSV, so it shows exactly what a
+pipeline will read. Panels: mid-sagittal T2 with the spinal points, the Sagittal T1 slices
+holding the left and the right foraminal points, and the axial slice of the L4/L5 subarticular points.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+
+from rsna2024.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
+from rsna2024.errors import DataError
+from rsna2024.utils.io import atomic_path
+
+# (title, series description, condition names of the points shown, level filter or None)
+PANELS = (
+    ("Sagittal T2/STIR: spinal canal", SAGITTAL_T2, ("Spinal Canal Stenosis",), None),
+    ("Sagittal T1: left foramina", SAGITTAL_T1, ("Left Neural Foraminal Narrowing",), None),
+    ("Sagittal T1: right foramina", SAGITTAL_T1, ("Right Neural Foraminal Narrowing",), None),
+    ("Axial T2 at L4/L5: subarticular", AXIAL_T2, ("Left Subarticular Stenosis", "Right Subarticular Stenosis"),
+     "L4/L5"),
+)
+SEVERITY_COLOURS = {"Normal/Mild": "#2ca02c", "Moderate": "#ff7f0e", "Severe": "#d62728"}
+
+
+def _image(path: Path) -> np.ndarray:
+    ds = pydicom.dcmread(path)
+    img = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1.0)) \
+        + float(getattr(ds, "RescaleIntercept", 0.0))
+    return img
+
+
+def draw_preview(data: str | Path, png: str | Path, study_id: int | None = None) -> Path:
+    """Draw the montage of ``study_id`` (default: the first training study with coordinates) to ``png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = Path(data)
+    coords = pd.read_csv(data / "train_label_coordinates.csv")
+    labels = pd.read_csv(data / "train.csv").set_index("study_id")
+    if coords.empty:
+        raise DataError(f"{data / 'train_label_coordinates.csv'} has no rows: nothing to preview")
+    study_id = int(coords.study_id.iloc[0]) if study_id is None else int(study_id)
+    rows = coords[coords.study_id == study_id]
+    if rows.empty:
+        raise DataError(f"study {study_id} has no rows in {data / 'train_label_coordinates.csv'}")
+    series = pd.read_csv(data / "train_series_descriptions.csv")
+    series = series[series.study_id == study_id]
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 4.4), facecolor="black")
+    for ax, (title, description, conditions, level) in zip(axes, PANELS):
+        ax.set_axis_off()
+        ax.set_title(title, color="white", fontsize=10)
+        pts = rows[rows.condition.isin(conditions) & rows.series_id.isin(
+            series[series.series_description == description].series_id)]
+        if level is not None:
+            pts = pts[pts.level == level]
+        if pts.empty:
+            ax.text(0.5, 0.5, "no labelled series", color="white", ha="center", transform=ax.transAxes)
+            continue
+        instance = int(pts.instance_number.mode().iloc[0])
+        series_id = int(pts.series_id.iloc[0])
+        img = _image(data / "train_images" / str(study_id) / str(series_id) / f"{instance}.dcm")
+        ax.imshow(img, cmap="gray", vmin=0, vmax=np.percentile(img, 99.5))
+        for _, p in pts[pts.instance_number == instance].iterrows():
+            column = f"{p.condition.lower().replace(' ', '_')}_{p.level.lower().replace('/', '_')}"
+            label = labels.at[study_id, column] if column in labels.columns else None
+            ax.plot(p.x, p.y, "o", ms=6, mfc="none", mew=1.5, color=SEVERITY_COLOURS.get(label, "#1f77b4"))
+            ax.text(p.x + img.shape[1] * 0.03, p.y, p.level, color="yellow", fontsize=7, va="center")
+    fig.suptitle(f"phantom study {study_id}  (circles: green normal/mild, orange moderate, red severe)",
+                 color="white", fontsize=10)
+    fig.tight_layout()
+    png = Path(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, facecolor="black")
+    plt.close(fig)
+    return png
