@@ -110,7 +110,7 @@ def cache_series(image_folder: Path, folder: Path, params: CacheParams, split: s
         return {"split": split, "study_id": study_id, "series_id": series_id,
                 "series_description": description, "status": "failed", "error": str(exc)}
     low, high = intensity_range(series.pixels, params.normalize)
-    pixels = normalize(series.pixels, params.normalize, dtype=params.dtype)
+    pixels = normalize(series.pixels, params.normalize, dtype=params.dtype, value_range=(low, high))
     with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
         np.save(fh, pixels)
     record = {

@@ -38,12 +38,13 @@ def intensity_range(pixels: np.ndarray, params: NormalizeParams = NormalizeParam
 
 
 def normalize(pixels: np.ndarray, params: NormalizeParams = NormalizeParams(),
-              dtype: np.dtype | str = np.float32) -> np.ndarray:
+              dtype: np.dtype | str = np.float32, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """``pixels`` clipped to the series' percentile range and scaled to [out_min, out_max].
 
-    A constant series (low == high) maps to ``out_min``. Returns a new array of ``dtype``.
+    ``value_range`` = (low, high) skips computing :func:`intensity_range` again. A constant series
+    (low == high) maps to ``out_min``. Returns a new array of ``dtype``.
     """
-    low, high = intensity_range(pixels, params)
+    low, high = intensity_range(pixels, params) if value_range is None else value_range
     scale = (params.out_max - params.out_min) / (high - low) if high > low else 0.0
     out = np.clip(np.asarray(pixels, dtype=np.float32), low, high)
     out -= low
