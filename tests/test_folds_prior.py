@@ -110,8 +110,8 @@ def _wide(labels_of_first_target):
 
 def test_fit_prior_reweights_frequencies_by_class_weight():
     long = labels_long(_wide([N, N, M, S, np.nan]))
-    weighted = fit_prior(long).set_index(["condition", "level"])
-    plain = fit_prior(long, weighted=False).set_index(["condition", "level"])
+    weighted = fit_prior(long, pseudo_count=0).set_index(["condition", "level"])
+    plain = fit_prior(long, weighted=False, pseudo_count=0).set_index(["condition", "level"])
     # labelled: 2 N, 1 M, 1 S (the missing one ignored) -> plain .5/.25/.25; x (1, 2, 4) -> 2/2/4 of 8
     assert plain.loc[("spinal_canal_stenosis", "l1_l2")].tolist() == [0.5, 0.25, 0.25]
     assert weighted.loc[("spinal_canal_stenosis", "l1_l2")].tolist() == [0.25, 0.25, 0.5]
@@ -119,10 +119,22 @@ def test_fit_prior_reweights_frequencies_by_class_weight():
     assert len(weighted) == 25
 
 
+def test_pseudo_counts_keep_unseen_classes_possible():
+    long = labels_long(_wide([N, N, M, S, np.nan]))
+    weighted = fit_prior(long, pseudo_count=0.5).set_index(["condition", "level"])
+    # counts 2/1/1 + .5 -> 2.5/1.5/1.5; x (1, 2, 4) -> 2.5/3/6 of 11.5
+    assert weighted.loc[("spinal_canal_stenosis", "l1_l2")].tolist() == pytest.approx([2.5 / 11.5, 3 / 11.5, 6 / 11.5])
+    # 5 Normal/Mild and nothing else -> 5.5/.5/.5 -> 5.5/1/2 of 8.5
+    assert weighted.loc[("spinal_canal_stenosis", "l2_l3")].tolist() == pytest.approx([5.5 / 8.5, 1 / 8.5, 2 / 8.5])
+    # a target whose rows are all missing gets the pseudo counts alone
+    no_rows = fit_prior(long[long["level"] != "l5_s1"], weighted=False).set_index(["condition", "level"])
+    assert no_rows.loc[("spinal_canal_stenosis", "l5_s1")].tolist() == pytest.approx([1 / 3] * 3)
+
+
 def test_prior_oof_uses_only_the_other_folds():
     wide = _wide([N, N, S, S])
     folds = pd.DataFrame({"study_id": wide["study_id"], "fold": [0, 0, 1, 1]})
-    oof = prior_oof(wide, folds, weighted=False).set_index("row_id")
+    oof = prior_oof(wide, folds, weighted=False, pseudo_count=0).set_index("row_id")
     first = [f"{s}_{TARGET_COLUMNS[0]}" for s in wide["study_id"]]
     # fold 0 is predicted from fold 1 (both Severe) and the other way round
     assert oof.loc[first[0], list(PRED_COLUMNS)].tolist() == [0.0, 0.0, 1.0]
