@@ -189,6 +189,7 @@ def preprocess(data_dir: str | Path, cache_root: str | Path | None = None, split
         old = _read_index(index_path)
         done = {"train", "test"} if split == "all" else {split}
         index = pd.concat([old[~old["split"].isin(done)], index], ignore_index=True)
+    index = index.astype({c: "Int64" for c in ("study_id", "series_id", "n_slices", "rows", "columns")})
     index = index.sort_values(["split", "study_id", "series_id"], ignore_index=True)
     failed = int((index["status"] == "failed").sum())
     if failed:
