@@ -150,3 +150,12 @@ def test_roi_crop_in_mm_is_resampled_exactly(tmp_path):
     assert crop_roi(s, center + 3 * SAG_N, 4.0, 4)[0] == pytest.approx(expected, abs=1e-3)
     edge = crop_roi(s, s.to_patient(1, 0, 0), 4.0, 4, slices=[0])
     assert edge.shape == (1, 4, 4) and edge[0, 0, 0] == 0 and edge[0, 3, 3] > 0
+
+
+def test_volume_affine_matches_per_slice_geometry_for_a_regular_stack(oblique_sag):
+    s = oblique_sag
+    # voxel (x=3, y=5, slice 4) -> slice 4's pixel (3, 5); the slice step is 4 mm along the normal
+    np.testing.assert_allclose(s.affine @ [3, 5, 4, 1], [*s.pixel_to_patient(4, 3, 5), 1], atol=1e-9)
+    np.testing.assert_allclose(s.affine[:3, 2], 4 * SAG_N, atol=1e-9)
+    with pytest.raises(KeyError, match="no InstanceNumber 999; it has 101..107"):
+        s.to_patient(999, 0, 0)
