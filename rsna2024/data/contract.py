@@ -11,17 +11,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from rsna2024.constants import (
     CONDITION_FROM_NAME,
     CONDITION_NAMES,
     CONDITION_SERIES,
-    CONDITIONS,
     LABEL_INDEX,
     LABELS,
     LEVEL_FROM_NAME,
     LEVEL_NAMES,
-    LEVELS,
     SERIES_TYPES,
     TARGET_COLUMNS,
 )
@@ -230,7 +229,8 @@ def list_image_folders(data_dir: str | Path, split: str = "train") -> pd.DataFra
     if not root.is_dir():
         raise DataError(f"{root}: images folder not found (expected <study_id>/<series_id>/*.dcm under it)")
     rows, empty = [], []
-    for study in sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()):
+    studies = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    for study in tqdm(studies, desc=f"listing {root.name}", unit="study", leave=False, disable=len(studies) < 100):
         study_rows = [(int(study.name), int(series.name), sum(1 for _ in series.glob("*.dcm")))
                       for series in sorted(study.iterdir()) if series.is_dir() and series.name.isdigit()]
         if not any(n for _, _, n in study_rows):

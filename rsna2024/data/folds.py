@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rsna2024.constants import CONDITION_GROUPS, GROUP_OF_CONDITION
+from rsna2024.constants import GROUP_OF_CONDITION
 from rsna2024.data.contract import describe_items, file_lines, integer_column, labels_long, load_labels_wide, read_csv
 from rsna2024.errors import DataError
 from rsna2024.utils.io import atomic_to_csv, check_overwrite
