@@ -25,6 +25,7 @@ setup(
         "pylibjpeg>=2.0",
         "pylibjpeg-openjpeg>=2.0",
         "pylibjpeg-libjpeg>=2.0",
+        "pylibjpeg-rle>=2.0",
         "numpy>=1.24",
         "pandas>=2.0",
         "albumentations>=1.3",
