@@ -6,11 +6,13 @@ holding the left and the right foraminal points, and the axial slice of the L4/L
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pydicom
+from PIL import Image
 
 from rsna2024.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
 from rsna2024.errors import DataError
@@ -27,6 +29,16 @@ PANELS = (
 SEVERITY_COLOURS = {"Normal/Mild": "#2ca02c", "Moderate": "#ff7f0e", "Severe": "#d62728"}
 
 
+def _palette() -> Image.Image:
+    """48 grey levels plus the montage's marker and text colours."""
+    greys = [(v, v, v) for v in np.linspace(0, 255, 48).astype(int)]
+    marks = [tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in SEVERITY_COLOURS.values()]
+    colours = greys + marks + [(255, 255, 0), (31, 119, 180)]
+    pal = Image.new("P", (1, 1))
+    pal.putpalette([c for rgb in colours for c in rgb] + [0] * 3 * (256 - len(colours)))
+    return pal
+
+
 def _image(path: Path) -> np.ndarray:
     ds = pydicom.dcmread(path)
     img = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1.0)) \
@@ -34,7 +46,7 @@ def _image(path: Path) -> np.ndarray:
     return img
 
 
-def draw_preview(data: str | Path, png: str | Path, study_id: int | None = None) -> Path:
+def draw_preview(data: str | Path, png: str | Path, study_id: int | None = None, dpi: int = 80) -> Path:
     """Draw the montage of ``study_id`` (default: the first training study with coordinates) to ``png``."""
     import matplotlib
 
@@ -72,12 +84,17 @@ def draw_preview(data: str | Path, png: str | Path, study_id: int | None = None)
             column = f"{p.condition.lower().replace(' ', '_')}_{p.level.lower().replace('/', '_')}"
             label = labels.at[study_id, column] if column in labels.columns else None
             ax.plot(p.x, p.y, "o", ms=6, mfc="none", mew=1.5, color=SEVERITY_COLOURS.get(label, "#1f77b4"))
-            ax.text(p.x + img.shape[1] * 0.03, p.y, p.level, color="yellow", fontsize=7, va="center")
+            if level is None:
+                ax.text(p.x + img.shape[1] * 0.03, p.y, p.level, color="yellow", fontsize=7, va="center")
     fig.suptitle(f"phantom study {study_id}  (circles: green normal/mild, orange moderate, red severe)",
                  color="white", fontsize=10)
     fig.tight_layout()
-    png = Path(png)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, facecolor="black")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="black")
     plt.close(fig)
+    buffer.seek(0)
+    png = Path(png)
+    with atomic_path(png) as tmp:  # a small fixed palette keeps the file README-sized
+        Image.open(buffer).convert("RGB").quantize(palette=_palette(), dither=Image.Dither.NONE) \
+            .save(tmp, format="PNG", optimize=True)
     return png
