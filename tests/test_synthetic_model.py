@@ -211,27 +211,20 @@ def _box(img: np.ndarray, x: float, y: float, r: int) -> float:
     return float(img[y - r:y + r + 1, x - r:x + r + 1].mean())
 
 
-def test_a_simple_image_statistic_separates_the_classes_with_overlap():
-    """On the real slice plans of small studies: canal and foramen brightness at the landmark drop with severity.
-
-    Spinal: mean T2 intensity around the canal point on its sagittal slice, relative to the canal at
-    mid-vertebra. Foraminal: mean T1 intensity around the foramen point relative to the image's
-    99th percentile. Class means are ordered (the task is learnable) and neighbouring classes'
-    ranges overlap (it is not trivial).
-    """
-    rng = np.random.default_rng(0)
+def learnability_stats(n_studies: int = 24, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Per condition, the statistic's values for class 0, 1, 2 (see the test below)."""
+    rng = np.random.default_rng(seed)
     stats = {"spinal_canal_stenosis": {0: [], 1: [], 2: []}, "left_neural_foraminal_narrowing": {0: [], 1: [], 2: []}}
-    for i in range(24):
+    for i in range(n_studies):
         classes = ((np.arange(len(TARGET_COLUMNS)) + i) % 3)  # every class at every level
         anat = sample_anatomy(rng, classes)
         look = Appearance.sample(rng, anat.to_patient(0.0, 0.0, 0.0))
         plans = {p.role: p for p in plan_series(anat, rng, SIZES["small"], dict(sag_t1=1, sag_t2=2, axial=3),
                                                 StudyQuirks())}
-        for cond, role, contrast in (("spinal_canal_stenosis", "sag_t2", "T2"),
-                                     ("left_neural_foraminal_narrowing", "sag_t1", "T1")):
-            for li, level in enumerate(LEVELS):
+        for cond, role in (("spinal_canal_stenosis", "sag_t2"), ("left_neural_foraminal_narrowing", "sag_t1")):
+            for level in LEVELS:
                 sl, x, y, _ = plans[role].nearest_slice(anat.landmark(cond, level))
-                img = render_slice(anat, look, sl.points(), (sl.rows, sl.cols), contrast, 1000.0, rng)
+                img = render_slice(anat, look, sl.points(), (sl.rows, sl.cols), plans[role].contrast, 1000.0, rng)
                 if cond == "spinal_canal_stenosis":
                     k = DISC_INDEX[level]
                     xr, yr, _ = sl.project(anat.to_patient(0.0, anat.canal_u, (anat.disc_s[k] + anat.disc_s[k + 1]) / 2))
@@ -239,8 +232,18 @@ def test_a_simple_image_statistic_separates_the_classes_with_overlap():
                 else:
                     value = _box(img, x, y, 1) / np.percentile(img, 99)
                 stats[cond][int(classes[TARGET_COLUMNS.index(f"{cond}_{level}")])].append(value)
-    for cond, by_class in stats.items():
-        values = [np.array(by_class[c]) for c in range(3)]
+    return {cond: [np.array(by_class[c]) for c in range(3)] for cond, by_class in stats.items()}
+
+
+def test_a_simple_image_statistic_separates_the_classes_with_overlap():
+    """On the real slice plans of small studies: canal and foramen brightness at the landmark drop with severity.
+
+    Spinal: mean T2 (or STIR) intensity around the canal point on its sagittal slice, relative to the
+    canal at mid-vertebra. Foraminal: mean T1 intensity around the foramen point relative to the
+    image's 99th percentile. Class means are ordered (the task is learnable) and neighbouring
+    classes' ranges overlap (it is not trivial).
+    """
+    for cond, values in learnability_stats().items():
         means = [v.mean() for v in values]
         assert means[0] > means[1] > means[2], (cond, means)
         assert values[1].max() > values[0].min() and values[2].max() > values[1].min(), cond  # overlap

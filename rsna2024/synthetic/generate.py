@@ -127,7 +127,7 @@ def write_study(spec: StudySpec, out: Path, size: str) -> StudyResult:
     params = {"study_id": spec.study_id, "split": spec.split, "quirks": asdict(spec.quirks),
               "anatomy": anat.parameters(),
               "series": [{"series_id": p.series_id, "role": p.role, "description": p.description,
-                          "slices": len(p.slices), "rescale": p.rescale} for p in plans]}
+                          "slices": len(p.slices), "rescale": p.rescale, "contrast": p.contrast} for p in plans]}
     return StudyResult(
         series_rows=[(spec.study_id, p.series_id, p.description) for p in plans],
         coord_rows=coordinate_rows(spec, anat, plans) if spec.split == "train" else [],

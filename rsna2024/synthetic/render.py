@@ -14,10 +14,11 @@ from rsna2024.synthetic.anatomy import Anatomy
 AIR, FAT, MUSCLE, VISCERA, MARROW, CORTEX, ANNULUS, NUCLEUS, CSF, NERVE, STENOSIS, VESSEL = range(12)
 TISSUES: tuple[str, ...] = ("air", "fat", "muscle", "viscera", "marrow", "cortex", "annulus", "nucleus",
                             "csf", "nerve", "stenosis", "vessel")
-# Relative signal per tissue: fluid bright on T2, fat bright on T1, disc nucleus bright on T2 only.
+# Relative signal per tissue: fluid bright on T2, fat bright on T1 (dark on STIR), disc nucleus bright on T2.
 CONTRASTS: dict[str, np.ndarray] = {
     "T1": np.array([0.0, 0.95, 0.32, 0.45, 0.62, 0.08, 0.30, 0.38, 0.12, 0.35, 0.22, 0.04]),
     "T2": np.array([0.0, 0.60, 0.22, 0.40, 0.42, 0.06, 0.18, 0.85, 1.00, 0.30, 0.10, 0.04]),
+    "STIR": np.array([0.0, 0.08, 0.20, 0.35, 0.18, 0.05, 0.15, 0.80, 1.00, 0.30, 0.10, 0.04]),  # fat suppressed
 }
 
 

@@ -19,6 +19,7 @@ from rsna2024.synthetic.quirks import StudyQuirks
 
 ROLE_DESCRIPTION = {"sag_t1": SAGITTAL_T1, "sag_t2": SAGITTAL_T2, "axial": AXIAL_T2, "axial2": AXIAL_T2}
 ROLE_CONTRAST = {"sag_t1": "T1", "sag_t2": "T2", "axial": "T2", "axial2": "T2"}
+STIR_RATE = 0.3  # share of "Sagittal T2/STIR" series acquired as fat-suppressed STIR
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,12 @@ class SeriesPlan:
     slices: list[SlicePlan]
     rescale: tuple[float, float] | None = None
     scale: float = 1000.0  # stored intensity of a unit signal
+    contrast: str = ""  # T1, T2 or STIR; default from the role
     description: str = field(init=False)
-    contrast: str = field(init=False)
 
     def __post_init__(self):
         self.description = ROLE_DESCRIPTION[self.role]
-        self.contrast = ROLE_CONTRAST[self.role]
+        self.contrast = self.contrast or ROLE_CONTRAST[self.role]
 
     def nearest_slice(self, point: np.ndarray) -> tuple[SlicePlan, float, float, float]:
         """The slice whose plane is closest to ``point``, with (x, y) and the distance (mm)."""
@@ -224,6 +225,7 @@ def plan_series(anat: Anatomy, rng: np.random.Generator, size: SizeSpec, series_
             slices = _resize_one(rng, slices)
         slices = _number(rng, slices, role in quirks.instance_offset, role in quirks.shuffled_instances)
         rescale = (float(rng.choice([0.5, 2.0])), 0.0) if role in quirks.rescale else None
+        contrast = "STIR" if role == "sag_t2" and rng.random() < STIR_RATE else ROLE_CONTRAST[role]
         plans.append(SeriesPlan(role=role, series_id=series_ids[role], slices=slices, rescale=rescale,
-                                scale=rng.uniform(500.0, 2500.0)))
+                                scale=rng.uniform(500.0, 2500.0), contrast=contrast))
     return plans
