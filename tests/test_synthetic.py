@@ -93,6 +93,10 @@ def test_every_file_is_a_readable_mr_slice(phantom_dir, headers):
     assert headers.series_uid.nunique() == headers.series_id.nunique()
     for df in (headers[headers.description != AXIAL_T2], headers[headers.description == AXIAL_T2]):
         assert df.spacing.map(lambda s: s[0]).between(0.3, 3.0).all()
+    rows_, cols_ = np.stack(headers.row_dir), np.stack(headers.col_dir)  # oblique cosines kept orthonormal
+    assert np.abs(np.linalg.norm(rows_, axis=1) - 1).max() < 1e-10
+    assert np.abs(np.linalg.norm(cols_, axis=1) - 1).max() < 1e-10
+    assert np.abs(np.einsum("ij,ij->i", rows_, cols_)).max() < 1e-10
     sag = headers[headers.description != AXIAL_T2]
     assert sag.groupby("series_id").size().between(15, 20).all()
     assert sag.gap.between(3.0, 4.5).all() and (sag.thickness <= sag.gap).all()

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.valuerep import format_number_as_ds
 
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's documented example root, for generated UIDs
 _IMPLEMENTATION_UID = f"{_UID_ROOT}0.1"  # fixed: identical inputs give identical files
@@ -35,8 +36,12 @@ class SliceGeometry:
 
 
 def _ds(values: Sequence[float]) -> list[str]:
-    """Decimal String values with at most 6 decimals (DS allows 16 characters)."""
-    return [format(float(v), ".6f").rstrip("0").rstrip(".") for v in values]
+    """Decimal String values with as many digits as DS's 16 characters allow.
+
+    Full precision keeps oblique direction cosines orthonormal to about 1e-13, so geometry computed
+    from the headers matches the plan the pixels were rendered on.
+    """
+    return [format_number_as_ds(float(v)) for v in values]
 
 
 def write_mr_slice(
