@@ -96,10 +96,10 @@ def test_canal_depth_at_the_disc_shrinks_by_the_fraction(fraction):
 def test_foraminal_area_shrinks_by_the_fraction(fraction):
     """In the (s, u) plane through the left foramen's centre, fat + root area = pi * rs * ru * (1 - fraction)."""
     anat = _with_narrowing(_anatomy(4), "left_neural_foraminal_narrowing", "l3_l4", fraction)
-    _, u0, s0 = anat.landmark_local("left_neural_foraminal_narrowing", "l3_l4")
+    w0, u0, s0 = anat.landmark_local("left_neural_foraminal_narrowing", "l3_l4")
     step = 0.05
     ss, uu = np.meshgrid(np.arange(s0 - 9, s0 + 9, step), np.arange(u0 - 6, u0 + 6, step))
-    lab = tissue_map(anat, anat.to_patient(np.full(ss.size, anat.foramen_w), uu.ravel(), ss.ravel()))
+    lab = tissue_map(anat, anat.to_patient(np.full(ss.size, w0), uu.ravel(), ss.ravel()))
     area = np.isin(lab, (FAT, NERVE)).sum() * step**2
     assert area == pytest.approx(math.pi * anat.foramen_rs * anat.foramen_ru * (1 - fraction), rel=0.03)
 

@@ -51,7 +51,7 @@ class Anatomy:
     canal_w: float  # spinal canal half-width
     canal_ap: float  # spinal canal half-depth
     canal_u: float  # canal centre, posterior offset
-    foramen_w: float  # |w| of the foraminal centres
+    foramen_w: np.ndarray  # (7,) |w| of the foraminal centres per disc: more lateral caudally
     foramen_u: float
     foramen_ds: float  # foraminal centre above the disc centre
     foramen_rs: float  # foramen half-height (along s)
@@ -104,7 +104,7 @@ class Anatomy:
             return 0.0, self.canal_u, s
         side = SIDES[structure.split("_", 1)[0]]
         if structure.endswith("neural_foraminal_narrowing"):
-            return side * self.foramen_w, self.foramen_u, s + self.foramen_ds
+            return side * float(self.foramen_w[DISC_INDEX[level]]), self.foramen_u, s + self.foramen_ds
         if structure.endswith("subarticular_stenosis"):
             return side * self.recess_w, self.recess_u, s
         raise ValueError(f"unknown structure {structure!r}; expected one of {list(STRUCTURES)}")
@@ -164,7 +164,8 @@ def sample_anatomy(rng: np.random.Generator, classes: np.ndarray) -> Anatomy:
     return Anatomy(
         rotation=pose, shift=shift, radius=rng.uniform(260.0, 420.0), disc_s=disc_s, disc_h=disc_h,
         column_s=column_s, body_w=body_w, body_ap=body_ap, canal_w=canal_w, canal_ap=canal_ap,
-        canal_u=canal_u, foramen_w=canal_w + scale * 4.5, foramen_u=canal_u - 0.15 * canal_ap,
+        canal_u=canal_u, foramen_w=canal_w + scale * (3.0 + 0.9 * (4 - np.arange(len(DISC_ORDER)))),
+        foramen_u=canal_u - 0.15 * canal_ap,
         foramen_ds=scale * 2.5, foramen_rs=scale * rng.uniform(6.0, 7.5), foramen_ru=scale * 4.5,
         recess_w=canal_w - 1.8, recess_u=canal_u + 0.2 * canal_ap, recess_r=scale * 3.2,
         trunk_y=canal_u + canal_ap + scale * rng.uniform(50.0, 65.0) - trunk_ap, trunk_w=scale * rng.uniform(130, 160),

@@ -93,7 +93,7 @@ def tissue_map(anat: Anatomy, points: np.ndarray) -> np.ndarray:
 
     # Posterior elements: pedicle/facet columns, laminar arch, spinous processes.
     cu = u - anat.canal_u
-    pedicle = in_column & (aw > anat.canal_w - 1) & (aw < anat.canal_w + 10) \
+    pedicle = in_column & (aw > anat.canal_w - 1) & (aw < anat.canal_w + 12) \
         & (u > anat.body_ap - 4) & (cu < 0.7 * anat.canal_ap)
     lab[pedicle] = MARROW
     arch = in_column & _inside(w, cu, anat.canal_w + 6, anat.canal_ap + 6) & (cu > 0.2 * anat.canal_ap)
@@ -110,7 +110,18 @@ def tissue_map(anat: Anatomy, points: np.ndarray) -> np.ndarray:
     roots = canal & (lab == CSF) & (_inside(aw - 0.45 * anat.canal_w, cu - 0.35 * anat.canal_ap, 1.3, 1.3))
     lab[roots] = NERVE
 
-    # Subarticular recesses (lateral recess, both sides) around each disc.
+    # Neural foramina: fat-filled keyholes between the pedicles, area reduced by the narrowing.
+    for_n = np.where(left, anat.narrowing["left_neural_foraminal_narrowing"][k],
+                     anat.narrowing["right_neural_foraminal_narrowing"][k])
+    fs, fu = ds - anat.foramen_ds, u - anat.foramen_u
+    taper = np.clip(1 - ((aw - anat.foramen_w[k]) / 5.5) ** 2, 1e-9, None)
+    foramen = in_column & _inside(fs, fu, anat.foramen_rs * np.sqrt(taper), anat.foramen_ru)
+    keep = np.sqrt(1 - for_n)
+    _narrowed(lab, foramen, _inside(fs, fu, anat.foramen_rs * keep, anat.foramen_ru * keep), FAT)
+    lab[foramen & _inside(fs - 0.45 * anat.foramen_rs * keep, fu, 1.8, 1.8)] = NERVE
+
+    # Subarticular recesses (lateral recess, both sides) around each disc; medial to the foramina,
+    # painted last where the two meet (the nerve root runs from the recess into the foramen).
     near_disc = np.abs(ds) < half_h + 7
     rec_n = np.where(left, anat.narrowing["left_subarticular_stenosis"][k],
                      anat.narrowing["right_subarticular_stenosis"][k]) * bump
@@ -118,16 +129,6 @@ def tissue_map(anat: Anatomy, points: np.ndarray) -> np.ndarray:
     recess = in_column & near_disc & _inside(rw, ru, anat.recess_r, anat.recess_r)
     _narrowed(lab, recess, _inside(rw, ru, anat.recess_r * (1 - rec_n), anat.recess_r), CSF)
     lab[recess & _inside(rw, ru, 1.1, 1.1) & (rec_n < 0.7)] = NERVE
-
-    # Neural foramina: fat-filled keyholes between the pedicles, area reduced by the narrowing.
-    for_n = np.where(left, anat.narrowing["left_neural_foraminal_narrowing"][k],
-                     anat.narrowing["right_neural_foraminal_narrowing"][k])
-    fs, fu = ds - anat.foramen_ds, u - anat.foramen_u
-    taper = np.clip(1 - ((aw - anat.foramen_w) / 5.5) ** 2, 1e-9, None)
-    foramen = in_column & _inside(fs, fu, anat.foramen_rs * np.sqrt(taper), anat.foramen_ru)
-    keep = np.sqrt(1 - for_n)
-    _narrowed(lab, foramen, _inside(fs, fu, anat.foramen_rs * keep, anat.foramen_ru * keep), FAT)
-    lab[foramen & _inside(fs - 0.45 * anat.foramen_rs * keep, fu, 1.8, 1.8)] = NERVE
     return lab
 
 
