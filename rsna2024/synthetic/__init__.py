@@ -1,1 +1,8 @@
-"""The synthetic lumbar-spine phantom: anatomy in mm, slice rendering, DICOM and CSV writing."""
+"""The synthetic lumbar-spine phantom: anatomy in mm, slice rendering, DICOM and CSV writing.
+
+Modules: ``anatomy`` (per-study spine model and true landmarks), ``labels`` (severity labels from
+the real class frequencies), ``render`` (tissues sampled on a slice plane, T1/T2/STIR contrasts),
+``series`` (slice plans of sagittal and axial stacks), ``quirks`` (real-life series quirks),
+``dicom_writer`` (one MR slice as real DICOM), ``generate`` (the Kaggle-layout dataset writer:
+``generate_dataset``) and ``preview`` (a montage PNG of one study).
+"""

@@ -80,13 +80,15 @@ def draw_preview(data: str | Path, png: str | Path, study_id: int | None = None,
         series_id = int(pts.series_id.iloc[0])
         img = _image(data / "train_images" / str(study_id) / str(series_id) / f"{instance}.dcm")
         ax.imshow(img, cmap="gray", vmin=0, vmax=np.percentile(img, 99.5))
-        for _, p in pts[pts.instance_number == instance].iterrows():
+        for _, p in pts.iterrows():  # points of neighbouring instances: small markers at their (x, y)
             column = f"{p.condition.lower().replace(' ', '_')}_{p.level.lower().replace('/', '_')}"
             label = labels.at[study_id, column] if column in labels.columns else None
-            ax.plot(p.x, p.y, "o", ms=6, mfc="none", mew=1.5, color=SEVERITY_COLOURS.get(label, "#1f77b4"))
+            ax.plot(p.x, p.y, "o", ms=6 if p.instance_number == instance else 3, mfc="none", mew=1.5,
+                    color=SEVERITY_COLOURS.get(label, "#1f77b4"))
             if level is None:
                 ax.text(p.x + img.shape[1] * 0.03, p.y, p.level, color="yellow", fontsize=7, va="center")
-    fig.suptitle(f"phantom study {study_id}  (circles: green normal/mild, orange moderate, red severe)",
+    fig.suptitle(f"phantom study {study_id}  (circles: green normal/mild, orange moderate, red severe; "
+                 "small: point on a neighbouring slice)",
                  color="white", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
