@@ -176,7 +176,7 @@ def test_a_series_folder_without_images_is_only_a_warning(tmp_path):
     for f in (data / "train_images" / "1001" / "10010").glob("*.dcm"):
         f.unlink()
     report = validate_data(data)
-    assert report.ok and any("1001/10010" in w and "no .dcm" in w for w in report.warnings)
+    assert report.ok and any("1001/10010" in w and "without a .dcm file" in w for w in report.warnings)
 
 
 # --------------------------------------------------------------------------- validate_data
@@ -217,9 +217,9 @@ def test_real_data_inconsistencies_are_warnings(tmp_path):
     report = validate_data(data)
     assert report.ok, report.format()
     warnings = "\n".join(report.warnings)
-    assert "1 studies have no Sagittal T1 series: 1002" in warnings
-    assert "12 labels have no coordinate row" in warnings  # 10 foraminal on the lost series + 2 dropped
-    assert "1 coordinate rows have no label (missing in train.csv): 1004_left_subarticular_stenosis_l1_l2" in warnings
+    assert "studies without a Sagittal T1 series (1): 1002" in warnings
+    assert "labels without a coordinate row (12)" in warnings  # 10 foraminal on the lost series + 2 dropped
+    assert "coordinate rows without a label (missing in train.csv) (1): 1004_left_subarticular_stenosis_l1_l2" in warnings
     assert "test_series_descriptions.csv not found" in warnings
     assert "missing labels: 1 in 1 studies" in report.format()
 
@@ -232,8 +232,8 @@ def test_images_not_described_and_descriptions_without_images_are_warned(tmp_pat
     report = validate_data(data)
     assert report.ok
     warnings = "\n".join(report.warnings)
-    assert "1 described series have no folder under train_images: 1000/10000" in warnings
-    assert "1 series folders under train_images are not in train_series_descriptions.csv: 1001/5" in warnings
+    assert "described series without a folder under train_images (1): 1000/10000" in warnings
+    assert "series folders under train_images not in train_series_descriptions.csv (1): 1001/5" in warnings
 
 
 def test_missing_data_folder(tmp_path):

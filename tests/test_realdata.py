@@ -28,10 +28,10 @@ def test_validate_passes_on_the_real_files(real_dir):
     assert "series: 6294 in 1975 studies (Sagittal T1 1980, Sagittal T2/STIR 1974, Axial T2 2340)" in text
     assert "images: not checked" in text
     warnings = "\n".join(report.warnings)
-    assert "146 labels have no coordinate row" in warnings
-    assert "35 coordinate rows have no label" in warnings
-    assert "2 studies have no Sagittal T1 series" in warnings
-    assert "1 studies have no Sagittal T2/STIR series" in warnings
+    assert "labels without a coordinate row (146)" in warnings
+    assert "coordinate rows without a label (missing in train.csv) (35)" in warnings
+    assert "studies without a Sagittal T1 series (2)" in warnings
+    assert "studies without a Sagittal T2/STIR series (1)" in warnings
 
 
 def test_real_coordinates_have_no_duplicate_points_and_match_their_series_type(real_dir):

@@ -56,7 +56,7 @@ class ValidationReport:
         """Add ``message`` with a count and the first few ``items`` as a warning when there are any."""
         items = list(items)
         if items:
-            self.warnings.append(f"{len(items)} {message}: {describe_items(items)}")
+            self.warnings.append(f"{message} ({len(items)}): {describe_items(items)}")
 
     def format(self) -> str:
         """The summary ``rsna2024 validate`` prints."""
@@ -91,23 +91,23 @@ def _check_series(report: ValidationReport, long: pd.DataFrame | None, descripti
     per_study = descriptions.groupby("study_id")["series_description"].agg(set)
     for series_type in SERIES_TYPES:
         report.warn_if(per_study.index[[series_type not in s for s in per_study]],
-                       f"studies have no {series_type} series")
+                       f"studies without a {series_type} series")
     if long is not None:
         labelled, described = set(long["study_id"]), set(descriptions["study_id"])
-        report.warn_if(sorted(labelled - described), "studies of train.csv have no series description")
-        report.warn_if(sorted(described - labelled), "studies of train_series_descriptions.csv are not in train.csv")
+        report.warn_if(sorted(labelled - described), "studies of train.csv without a series description")
+        report.warn_if(sorted(described - labelled), "studies of train_series_descriptions.csv not in train.csv")
 
 
 def _check_coordinates(report: ValidationReport, long: pd.DataFrame | None, coords: pd.DataFrame) -> None:
     report.summary["coordinates"] = f"{len(coords)} points on {coords['series_id'].nunique()} series"
     mismatch = series_type_mismatches(coords)
     report.warn_if(mismatch["row_id"] + " on " + mismatch["series_description"],
-                   "coordinate rows lie on a series type other than their condition's")
+                   "coordinate rows on a series type other than their condition's")
     if long is not None:
         labelled = set(long.loc[long["label_index"] >= 0, "row_id"])
         pointed = set(coords["row_id"])
-        report.warn_if(sorted(labelled - pointed), "labels have no coordinate row")
-        report.warn_if(sorted(pointed - labelled), "coordinate rows have no label (missing in train.csv)")
+        report.warn_if(sorted(labelled - pointed), "labels without a coordinate row")
+        report.warn_if(sorted(pointed - labelled), "coordinate rows without a label (missing in train.csv)")
 
 
 def _check_images(report: ValidationReport, split: str, descriptions: pd.DataFrame | None) -> bool:
@@ -121,14 +121,14 @@ def _check_images(report: ValidationReport, split: str, descriptions: pd.DataFra
     report.summary[f"{split} images"] = (f"{listing['study_id'].nunique()} studies, {len(listing)} series, "
                                          f"{int(listing['n_files'].sum())} .dcm files")
     report.warn_if(join_keys(listing[listing["n_files"] == 0], ["study_id", "series_id"]),
-                   f"series folders under {root.name} hold no .dcm file")
+                   f"series folders under {root.name} without a .dcm file")
     if descriptions is not None:
         on_disk = set(zip(listing["study_id"], listing["series_id"]))
         described = set(zip(descriptions["study_id"], descriptions["series_id"]))
         report.warn_if([f"{a}/{b}" for a, b in sorted(described - on_disk)],
-                       f"described series have no folder under {root.name}")
+                       f"described series without a folder under {root.name}")
         report.warn_if([f"{a}/{b}" for a, b in sorted(on_disk - described)],
-                       f"series folders under {root.name} are not in {split}_series_descriptions.csv")
+                       f"series folders under {root.name} not in {split}_series_descriptions.csv")
     return True
 
 
