@@ -29,7 +29,7 @@ from rsna2024.dicom.reader import read_series
 from rsna2024.dicom.series import Series
 from rsna2024.errors import DicomError, RsnaError
 from rsna2024.utils.io import atomic_path, atomic_to_csv, atomic_write_text
-from rsna2024.utils.logging import get_logger
+from rsna2024.utils.logging import ensure_logging, get_logger
 
 log = get_logger(__name__)
 
@@ -100,6 +100,7 @@ def cache_series(image_folder: Path, folder: Path, params: CacheParams, split: s
     A series that cannot be read gives a row with status ``failed`` and the error, and nothing is
     written, so the next run tries it again.
     """
+    ensure_logging()
     npy, meta = _series_paths(folder, study_id, series_id)
     if meta.exists() and npy.exists():
         return _record_row(json.loads(meta.read_text()))

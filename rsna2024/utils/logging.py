@@ -28,3 +28,10 @@ def setup_logging(level: int | str = logging.INFO, log_file: str | Path | None =
         h.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         h._rsna2024 = True  # type: ignore[attr-defined]
         root.addHandler(h)
+
+
+def ensure_logging() -> None:
+    """Configure logging once in a fresh worker process (joblib/DataLoader workers start unconfigured,
+    and Python would print their warnings bare, without time, level or source)."""
+    if not any(getattr(h, "_rsna2024", False) for h in logging.getLogger("rsna2024").handlers):
+        setup_logging()
