@@ -7,7 +7,10 @@ Score (lower is better) = mean of four terms:
    by the *true* class;
 2. ``any_severe_spinal``: per study, label = any spinal level Severe, prediction = the max submitted
    ``severe`` over the study's labelled spinal rows, binary log loss weighted per study by the max row
-   weight of those rows, times ``any_severe_scalar`` (1.0).
+   weight of those rows.
+
+The total is the weighted mean of the four terms, weights 1, 1, 1 and ``any_severe_scalar``
+(1.0 in the competition), as in the published scorer's ``np.average``.
 
 As in the published scorer (which called scikit-learn's ``log_loss`` with eps 1e-15): predictions
 are clipped to ``[eps, 1 - eps]`` and then each row renormalised to sum 1 before the log (so a value
@@ -147,9 +150,9 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame, any_severe_scalar: f
     weight = spinal["sample_weight"].max().to_numpy()
     pred = np.clip(pred, eps, 1 - eps)
     binary = weighted_log_loss(np.stack([1 - label, label], axis=1), np.stack([1 - pred, pred], axis=1), weight, eps)
-    scores["any_severe_spinal"] = binary * any_severe_scalar
+    scores["any_severe_spinal"] = binary
     terms = [scores[k] for k in (*GROUPS, "any_severe_spinal")]
-    scores["total"] = float(np.mean(terms))
+    scores["total"] = float(np.average(terms, weights=[1.0] * len(GROUPS) + [any_severe_scalar]))
     return {k: scores[k] for k in SCORE_KEYS}
 
 

@@ -70,12 +70,15 @@ def test_hand_worked_three_studies():
     assert list(got) == ["total", "spinal", "foraminal", "subarticular", "any_severe_spinal"]
 
 
-def test_any_severe_scalar_scales_only_the_fourth_term():
+def test_any_severe_scalar_weights_the_fourth_term_in_the_mean():
+    """The published scorer: np.average(terms, weights=[1, 1, 1, any_severe_scalar])."""
     sol, sub = hand_tables()
     one, two = score(sol, sub), score(sol, sub, any_severe_scalar=2.0)
-    assert two["any_severe_spinal"] == pytest.approx(2 * one["any_severe_spinal"])
+    assert two["any_severe_spinal"] == one["any_severe_spinal"]  # the term itself is unchanged
     assert two["spinal"] == one["spinal"]
-    assert two["total"] == pytest.approx(one["total"] + one["any_severe_spinal"] / 4)
+    three = one["spinal"] + one["foraminal"] + one["subarticular"]
+    assert two["total"] == pytest.approx((three + 2 * one["any_severe_spinal"]) / 5, rel=1e-12)
+    assert score(sol, sub, any_severe_scalar=0.0)["total"] == pytest.approx(three / 3, rel=1e-12)
 
 
 def test_any_severe_weight_is_the_max_labelled_spinal_weight():
