@@ -72,7 +72,7 @@ def _run_folds(args):
 def _add_prior(sub):
     p = sub.add_parser("prior", help="score the image-free class-prior predictor in k-fold CV")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--folds", type=Path, default=None, help="default: <data>/folds.csv (made if absent)")
+    p.add_argument("--folds", type=Path, default=None, help="default: <data>/folds.csv, or the default folds computed in memory when absent")
     return p
 
 
@@ -101,7 +101,7 @@ def _run_score(args):
 def _add_preprocess(sub):
     p = sub.add_parser("preprocess", help="decode every DICOM series once into the preprocessing cache")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--cache", type=Path, default=None, help="cache root (default: <data>/../cache)")
+    p.add_argument("--cache", type=Path, default=None, help="cache root (default: <data>/../cache); a subfolder is keyed by the preprocessing parameters")
     p.add_argument("--split", choices=["train", "test", "all"], default="all")
     p.add_argument("--workers", type=int, default=1)
     return p
