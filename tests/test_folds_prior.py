@@ -81,7 +81,7 @@ def test_make_folds_writes_refuses_to_overwrite_and_reads_back(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("study_id,fold\n1,0\n1,1\n2,1\n", "study_id(s) 1 appear more than once (line(s) 2, 3)"),
+    ("study_id,fold\n1,0\n1,1\n2,1\n", "duplicate (study_id) 1 at line(s) 2, 3"),
     ("study_id,fold\n1,0\n2,2\n", "expected every fold 0..k-1"),
     ("study_id,fold\n1,0\n2,x\n", "'fold' must hold integers; line(s) 3"),
     ("study_id\n1\n", "missing column(s) ['fold']"),

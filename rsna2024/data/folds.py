@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rsna2024.constants import GROUP_OF_CONDITION
-from rsna2024.data.contract import describe_items, file_lines, integer_column, labels_long, load_labels_wide, read_csv
+from rsna2024.data.contract import check_unique, describe_items, integer_column, labels_long, load_labels_wide, read_csv
 from rsna2024.errors import DataError
 from rsna2024.utils.io import atomic_to_csv, check_overwrite
 from rsna2024.utils.logging import get_logger
@@ -81,10 +81,7 @@ def load_folds(path: str | Path, study_ids=None) -> pd.DataFrame:
     df = read_csv(path, ("study_id", "fold"))
     df["study_id"] = integer_column(df, "study_id", path)
     df["fold"] = integer_column(df, "fold", path)
-    dup = df["study_id"].duplicated(keep=False)
-    if dup.any():
-        raise DataError(f"{path}: study_id(s) {describe_items(df.loc[dup, 'study_id'].unique())} appear more than "
-                        f"once (line(s) {describe_items(file_lines(np.flatnonzero(dup)))}); expected one fold per study")
+    check_unique(df, ["study_id"], path)
     k = int(df["fold"].max()) + 1 if len(df) else 0
     if df["fold"].min() < 0 or set(df["fold"]) != set(range(k)) or k < 2:
         raise DataError(f"{path}: folds {sorted(set(df['fold']))}; expected every fold 0..k-1 (k >= 2) to hold studies")
