@@ -36,7 +36,7 @@ setup(
         "pyyaml>=6.0",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pyjpegls>=1.2"],
+        "dev": ["pytest>=7.4", "pyjpegls>=1.2", "ruff>=0.5"],
         "kaggle": ["kaggle>=1.6", "six"],
         "wandb": ["wandb"],
     },

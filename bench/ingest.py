@@ -8,7 +8,8 @@ written with the kit's slice writer) and prints slices/s of
 - read_series:   the kit's reader building float32 volumes with geometry,
 - cache read:    ``load_cached_series`` + reading the pixels into memory (what later stages do),
 
-each as the best of ``--repeats`` warm runs (the steps taking turns), with ratios to pydicom. Targets: read_series >= 0.8x
+each as the best of ``--repeats`` warm runs (the steps taking turns), with ratios to pydicom.
+Targets: read_series >= 0.8x
 pydicom, cache read >= 5x pydicom.
 
     .venv/bin/python bench/ingest.py --series 4 --slices 32 --size 512

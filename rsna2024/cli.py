@@ -72,7 +72,8 @@ def _run_folds(args):
 def _add_prior(sub):
     p = sub.add_parser("prior", help="score the image-free class-prior predictor in k-fold CV")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--folds", type=Path, default=None, help="default: <data>/folds.csv, or the default folds computed in memory when absent")
+    p.add_argument("--folds", type=Path, default=None,
+                   help="default: <data>/folds.csv, or the default folds computed in memory when absent")
     return p
 
 
@@ -101,7 +102,8 @@ def _run_score(args):
 def _add_preprocess(sub):
     p = sub.add_parser("preprocess", help="decode every DICOM series once into the preprocessing cache")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--cache", type=Path, default=None, help="cache root (default: <data>/../cache); a subfolder is keyed by the preprocessing parameters")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache root (default: <data>/../cache); a subfolder is keyed by the preprocessing parameters")
     p.add_argument("--split", choices=["train", "test", "all"], default="all")
     p.add_argument("--workers", type=int, default=1)
     return p
@@ -128,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsna2024", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add, run) in COMMANDS.items():
+    for add, run in COMMANDS.values():
         add(sub).set_defaults(_run=run)
     return parser
 

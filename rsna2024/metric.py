@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, GROUP_OF_CONDITION, PRED_COLUMNS, parse_row_id
-from rsna2024.data.contract import describe_items as _some, labels_long, load_labels_long
+from rsna2024.data.contract import describe_items as _some
+from rsna2024.data.contract import labels_long, load_labels_long
 from rsna2024.errors import SubmissionError
 
 EPS = 1e-15

@@ -54,7 +54,8 @@ def make_tables(n_studies: int = 12, seed: int = 0, first_study: int = 1000) -> 
     studies = list(range(first_study, first_study + n_studies))
     labels = {"study_id": studies}
     for target in TARGET_COLUMNS:
-        labels[target] = rng.choice(LABELS, size=n_studies, p=np.divide(REAL_CLASS_FREQUENCIES[target], sum(REAL_CLASS_FREQUENCIES[target])))
+        labels[target] = rng.choice(LABELS, size=n_studies,
+                                    p=np.divide(REAL_CLASS_FREQUENCIES[target], sum(REAL_CLASS_FREQUENCIES[target])))
     train = pd.DataFrame(labels)
     desc = pd.DataFrame([(s, series_id(s, k), t) for s in studies for k, t in enumerate(SERIES_TYPES)],
                         columns=["study_id", "series_id", "series_description"])

@@ -41,7 +41,8 @@ def test_study_row_ids_follow_train_csv_columns():
 @pytest.mark.parametrize("bad", [
     "", "44036939", "abc_spinal_canal_stenosis_l1_l2", "-5_spinal_canal_stenosis_l1_l2",
     "44036939_spinal_canal_stenosis_l6_s1", "44036939_spinal_canal_stenosis", "44036939_spinal_stenosis_l1_l2",
-    "44036939_spinal_canal_stenosisl1_l2", "44036939__spinal_canal_stenosis_l1_l2", "44036939_spinal_canal_stenosis_l1-l2",
+    "44036939_spinal_canal_stenosisl1_l2", "44036939__spinal_canal_stenosis_l1_l2",
+    "44036939_spinal_canal_stenosis_l1-l2",
 ])
 def test_parse_row_id_rejects_malformed_ids(bad):
     with pytest.raises(ValueError, match="malformed row_id"):
@@ -219,7 +220,8 @@ def test_real_data_inconsistencies_are_warnings(tmp_path):
     warnings = "\n".join(report.warnings)
     assert "studies without a Sagittal T1 series (1): 1002" in warnings
     assert "labels without a coordinate row (12)" in warnings  # 10 foraminal on the lost series + 2 dropped
-    assert "coordinate rows without a label (missing in train.csv) (1): 1004_left_subarticular_stenosis_l1_l2" in warnings
+    assert ("coordinate rows without a label (missing in train.csv) (1): 1004_left_subarticular_stenosis_l1_l2"
+            in warnings)
     assert "test_series_descriptions.csv not found" in warnings
     assert "missing labels: 1 in 1 studies" in report.format()
 

@@ -34,7 +34,8 @@ def test_demo_generates_validates_folds_caches_and_scores_the_floor(tmp_path):
     assert 0.3 < float(total.group(1)) < 2.0  # a prior on 6 studies: finite, not degenerate
 
     # A second run finds everything done: it must not regenerate, rewrite the folds or redecode.
-    stamp = {p: p.stat().st_mtime_ns for p in [data / "train.csv", data / "folds.csv", index_files[0].parent / "series"]}
+    watched = [data / "train.csv", data / "folds.csv", index_files[0].parent / "series"]
+    stamp = {p: p.stat().st_mtime_ns for p in watched}
     npy_times = {p: p.stat().st_mtime_ns for p in index_files[0].parent.glob("series/*/*.npy")}
     second = _run_demo(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

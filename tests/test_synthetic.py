@@ -8,12 +8,24 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import PHANTOM_TEST_STUDIES, PHANTOM_TRAIN_STUDIES
 
-from rsna2024.constants import (AXIAL_T2, CONDITION_FROM_NAME, CONDITION_NAMES, LABELS, LEVEL_FROM_NAME, LEVEL_NAMES,
-                                LEVELS, SAGITTAL_T1, SAGITTAL_T2, SERIES_TYPES, TARGET_COLUMNS, study_row_ids)
+from rsna2024.constants import (
+    AXIAL_T2,
+    CONDITION_FROM_NAME,
+    CONDITION_NAMES,
+    LABELS,
+    LEVEL_FROM_NAME,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    SERIES_TYPES,
+    TARGET_COLUMNS,
+    study_row_ids,
+)
 from rsna2024.synthetic.anatomy import STRUCTURES
 from rsna2024.synthetic.generate import generate_dataset
-from conftest import PHANTOM_TEST_STUDIES, PHANTOM_TRAIN_STUDIES
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

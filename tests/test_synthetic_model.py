@@ -11,11 +11,11 @@ import pytest
 
 from rsna2024.constants import CONDITION_SERIES, CONDITIONS, LABELS, LEVELS, REAL_CLASS_FREQUENCIES, TARGET_COLUMNS
 from rsna2024.synthetic.anatomy import DISC_INDEX, NARROWING_RANGES, rotation_matrix, sample_anatomy
+from rsna2024.synthetic.generate import PRIMARY_ROLE
 from rsna2024.synthetic.labels import MISSING, class_frequencies, labels_frame, mask_missing, sample_classes
 from rsna2024.synthetic.quirks import TEST_QUIRKS, QuirkRates, StudyQuirks, draw_quirks
 from rsna2024.synthetic.render import CSF, FAT, NERVE, Appearance, render_slice, tissue_map
 from rsna2024.synthetic.series import SIZES, SlicePlan, plan_series
-from rsna2024.synthetic.generate import PRIMARY_ROLE
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 ALL_NORMAL = np.zeros(len(TARGET_COLUMNS), dtype=int)
@@ -227,7 +227,8 @@ def learnability_stats(n_studies: int = 24, seed: int = 0) -> dict[str, list[np.
                 img = render_slice(anat, look, sl.points(), (sl.rows, sl.cols), plans[role].contrast, 1000.0, rng)
                 if cond == "spinal_canal_stenosis":
                     k = DISC_INDEX[level]
-                    xr, yr, _ = sl.project(anat.to_patient(0.0, anat.canal_u, (anat.disc_s[k] + anat.disc_s[k + 1]) / 2))
+                    mid_s = (anat.disc_s[k] + anat.disc_s[k + 1]) / 2
+                    xr, yr, _ = sl.project(anat.to_patient(0.0, anat.canal_u, mid_s))
                     value = _box(img, x, y, 2) / _box(img, xr, yr, 2)
                 else:
                     value = _box(img, x, y, 1) / np.percentile(img, 99)

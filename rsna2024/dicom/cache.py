@@ -117,7 +117,8 @@ def cache_series(image_folder: Path, folder: Path, params: CacheParams, split: s
     record = {
         "split": split, "study_id": study_id, "series_id": series_id, "description": description,
         "pixels": npy.relative_to(folder).as_posix(), "shape": list(pixels.shape),
-        "normal": series.series_normal.tolist(), "slice_spacing": series.slice_spacing, "intensity_low": low, "intensity_high": high,
+        "normal": series.series_normal.tolist(), "slice_spacing": series.slice_spacing,
+        "intensity_low": low, "intensity_high": high,
         **{name: np.asarray(getattr(series, name)).tolist() for name in _GEOMETRY_FIELDS},
     }
     atomic_write_text(meta, json.dumps(record))

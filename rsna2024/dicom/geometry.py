@@ -6,7 +6,7 @@ they never multiply by PixelSpacing themselves.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

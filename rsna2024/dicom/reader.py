@@ -6,8 +6,8 @@ pixel data decode through pydicom + pylibjpeg, JPEG-LS through pyjpegls where in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

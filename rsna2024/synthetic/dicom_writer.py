@@ -4,9 +4,9 @@ Used by the phantom generator and by tests that need hand-made series with known
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom

@@ -18,9 +18,16 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from rsna2024.constants import (CONDITION_NAMES, CONDITION_SERIES, CONDITIONS, LEVEL_NAMES, LEVELS, PRED_COLUMNS,
-                                TARGET_COLUMNS, study_row_ids)
-from rsna2024.synthetic.anatomy import STRUCTURES, Anatomy, sample_anatomy
+from rsna2024.constants import (
+    CONDITION_NAMES,
+    CONDITION_SERIES,
+    CONDITIONS,
+    LEVEL_NAMES,
+    LEVELS,
+    PRED_COLUMNS,
+    study_row_ids,
+)
+from rsna2024.synthetic.anatomy import Anatomy, sample_anatomy
 from rsna2024.synthetic.dicom_writer import write_mr_slice
 from rsna2024.synthetic.labels import MISSING, labels_frame, mask_missing, sample_classes
 from rsna2024.synthetic.quirks import SERIES_ROLES, QuirkRates, StudyQuirks, draw_quirks

@@ -33,7 +33,7 @@ class Appearance:
     noise: float  # Rician sigma relative to a signal of 1
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, centre: np.ndarray) -> "Appearance":
+    def sample(cls, rng: np.random.Generator, centre: np.ndarray) -> Appearance:
         """Draw a study's appearance; ``centre`` is where the bias field is 1."""
         return cls(tissue_gain=rng.uniform(0.9, 1.1, len(TISSUES)), bias_linear=rng.normal(0, 0.15, 3),
                    bias_quadratic=rng.uniform(-0.35, 0.0), bias_centre=np.asarray(centre, float),
@@ -70,7 +70,7 @@ def tissue_map(anat: Anatomy, points: np.ndarray) -> np.ndarray:
     lab[_inside(q[:, 0], trunk_y, anat.trunk_w, anat.trunk_ap)] = FAT
     inner = _inside(q[:, 0], trunk_y, anat.trunk_w - 14, anat.trunk_ap - 12)
     lab[inner] = VISCERA
-    lab[inner & (u > 0.3 * anat.body_ap) & _inside(w, u - anat.canal_u - 10.0, 62.0, 70.0)] = MUSCLE  # paraspinal muscle mass
+    lab[inner & (u > 0.3 * anat.body_ap) & _inside(w, u - anat.canal_u - 10.0, 62.0, 70.0)] = MUSCLE  # paraspinals
     psoas_r = np.clip(9.0 - 0.06 * s, 3.0, 18.0)
     lab[_inside(aw - (anat.body_w + 9.0), u - 2.0, psoas_r, psoas_r * 1.1)] = MUSCLE
     lab[_inside(q[:, 0] - 12.0, q[:, 1] + anat.body_ap + 13.0, 10.0, 10.0)] = VESSEL

@@ -150,7 +150,8 @@ def sagittal_stack(anat: Anatomy, rng: np.random.Generator, size: SizeSpec) -> l
     n = int(rng.integers(size.sag_slices[0], size.sag_slices[1] + 1))
     gap = rng.uniform(*size.sag_gap)
     mid_s = float(np.mean(anat.disc_s[:5]))
-    centre = anat.to_patient(rng.uniform(-2, 2), 0.4 * anat.canal_u + rng.uniform(-10, 10), mid_s + rng.uniform(-10, 10))
+    centre = anat.to_patient(rng.uniform(-2, 2), 0.4 * anat.canal_u + rng.uniform(-10, 10),
+                             mid_s + rng.uniform(-10, 10))
     offsets = (np.arange(n) - (n - 1) / 2) * gap * rng.choice([-1.0, 1.0])  # instance 1 on either side
     return _stack(centre, -left, posterior, offsets, int(rng.choice(size.sag_matrix)), rng.uniform(*size.sag_fov),
                   thickness=gap - rng.uniform(0.0, 0.5), gap=gap)
