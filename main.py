@@ -22,8 +22,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from rsna2024.baselines.prior import evaluate_prior
     from rsna2024.data.folds import make_folds
-    from rsna2024.data.prior import evaluate_prior
     from rsna2024.data.validate import validate_data
     from rsna2024.dicom.cache import preprocess
     from rsna2024.metric import format_scores

@@ -1,28 +1,39 @@
 """The ``rsna2024`` command: thin argument parsing over the package's modules.
 
-Each subcommand is a pair: ``_add_<name>`` declares its arguments, ``_run_<name>`` imports the
-module that does the work (lazily, so ``rsna2024 --help`` stays fast) and calls it.
+Each subcommand is a pair: ``_add_<name>`` declares its arguments (typed by ``rsna2024.utils.command``, so a
+bad value is refused by argparse naming the argument), ``_run_<name>`` imports the module that does the work
+(lazily, so ``rsna2024 --help`` stays fast) and calls it. Every failure ends in one line on stderr: exit code 2
+for bad input (an argument, or a file or folder that cannot be read or written, named), 130 for Ctrl-C, 1 for
+an unexpected error; ``validate`` exits 1 when it finds problems. ``--debug`` also prints the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from rsna2024.errors import RsnaError
+from rsna2024.utils.command import (
+    existing_dir,
+    existing_file,
+    int_at_least,
+    non_negative_int,
+    positive_int,
+    run_guarded,
+    writable_dir,
+    writable_file,
+)
 
 
 # --------------------------------------------------------------------------- synth
 def _add_synth(sub):
     p = sub.add_parser("synth", help="write a synthetic phantom dataset in the competition's Kaggle layout")
-    p.add_argument("--out", type=Path, required=True, help="output folder (Kaggle layout)")
-    p.add_argument("--studies", type=int, default=20, help="number of training studies")
-    p.add_argument("--test-studies", type=int, default=2, help="number of test studies")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=writable_dir, required=True, help="output folder (Kaggle layout)")
+    p.add_argument("--studies", type=positive_int, default=20, help="number of training studies")
+    p.add_argument("--test-studies", type=non_negative_int, default=2, help="number of test studies")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--size", choices=["small", "full"], default="small",
                    help="small: ~128 px CI-sized images; full: real-sized 384-512 px")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (joblib)")
-    p.add_argument("--preview", type=Path, default=None, help="also draw a montage of one study to this PNG")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes (joblib)")
+    p.add_argument("--preview", type=writable_file, default=None, help="also draw a montage of one study to this PNG")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     return p
 
@@ -38,7 +49,7 @@ def _run_synth(args):
 # --------------------------------------------------------------------------- validate
 def _add_validate(sub):
     p = sub.add_parser("validate", help="check a data folder against the competition's data contract")
-    p.add_argument("--data", type=Path, required=True, help="data folder in Kaggle layout")
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder in Kaggle layout")
     return p
 
 
@@ -53,10 +64,10 @@ def _run_validate(args):
 # --------------------------------------------------------------------------- folds
 def _add_folds(sub):
     p = sub.add_parser("folds", help="write folds.csv (study_id, fold): stratified, grouped by study")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="default: <data>/folds.csv")
-    p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--data", type=existing_dir, required=True)
+    p.add_argument("--out", type=writable_file, default=None, help="default: <data>/folds.csv")
+    p.add_argument("--n-folds", type=int_at_least(2), default=5)
+    p.add_argument("--seed", type=non_negative_int, default=42)
     p.add_argument("--overwrite", action="store_true")
     return p
 
@@ -71,14 +82,14 @@ def _run_folds(args):
 # --------------------------------------------------------------------------- prior
 def _add_prior(sub):
     p = sub.add_parser("prior", help="score the image-free class-prior predictor in k-fold CV")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--folds", type=Path, default=None,
+    p.add_argument("--data", type=existing_dir, required=True)
+    p.add_argument("--folds", type=existing_file, default=None,
                    help="default: <data>/folds.csv, or the default folds computed in memory when absent")
     return p
 
 
 def _run_prior(args):
-    from rsna2024.data.prior import evaluate_prior
+    from rsna2024.baselines.prior import evaluate_prior
     from rsna2024.metric import format_scores
 
     print(format_scores(evaluate_prior(args.data, folds_path=args.folds), title="image-free prior, k-fold CV"))
@@ -87,25 +98,34 @@ def _run_prior(args):
 # --------------------------------------------------------------------------- score
 def _add_score(sub):
     p = sub.add_parser("score", help="score a submission-format file against a data folder's labels")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--submission", type=Path, required=True)
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder whose train.csv holds the labels")
+    p.add_argument("--submission", type=existing_file, required=True,
+                   help="submission-format CSV (an OOF file, say); scored over the row ids it holds")
+    p.add_argument("--require-all", action="store_true",
+                   help="fail (exit 2) unless the file predicts every labelled row of train.csv")
     return p
 
 
 def _run_score(args):
-    from rsna2024.metric import format_scores, score_submission_file
+    from rsna2024.constants import LABELS_FILE
+    from rsna2024.data.contract import load_labels_long, load_submission
+    from rsna2024.metric import format_scores, score_labelled_rows
 
-    print(format_scores(score_submission_file(args.data, args.submission), title=str(args.submission)))
+    scores, coverage = score_labelled_rows(load_labels_long(args.data), load_submission(args.submission),
+                                           name=str(args.submission), labels_name=str(args.data / LABELS_FILE),
+                                           require_all=args.require_all)
+    print(format_scores(scores, title=str(args.submission)))
+    print(coverage.format())
 
 
 # --------------------------------------------------------------------------- preprocess
 def _add_preprocess(sub):
     p = sub.add_parser("preprocess", help="decode every DICOM series once into the preprocessing cache")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--cache", type=Path, default=None,
+    p.add_argument("--data", type=existing_dir, required=True)
+    p.add_argument("--cache", type=writable_dir, default=None,
                    help="cache root (default: <data>/../cache); a subfolder is keyed by the preprocessing parameters")
     p.add_argument("--split", choices=["train", "test", "all"], default="all")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     return p
 
 
@@ -126,25 +146,33 @@ COMMANDS = {
 }
 
 
+def _common_options(parser: argparse.ArgumentParser, default) -> argparse.ArgumentParser:
+    """``-v`` and ``--debug``, accepted before and after the command (``default`` SUPPRESS on subparsers keeps
+    a flag given before the command)."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="print the traceback of an error (besides its one-line message)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rsna2024", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = _common_options(argparse.ArgumentParser(prog="rsna2024", description=__doc__.splitlines()[0]), False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, run in COMMANDS.values():
-        add(sub).set_defaults(_run=run)
+        _common_options(add(sub), argparse.SUPPRESS).set_defaults(_run=run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code (see the module docstring)."""
     from rsna2024.utils.logging import setup_logging
 
-    args = build_parser().parse_args(argv)
-    setup_logging("DEBUG" if args.verbose else "INFO")
     try:
-        return int(args._run(args) or 0)
-    except (RsnaError, FileExistsError, FileNotFoundError) as exc:
-        print(f"rsna2024 {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument (argparse printed the usage and the message)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    setup_logging("DEBUG" if args.verbose else "INFO")
+    return run_guarded(f"rsna2024 {args.command}", lambda: args._run(args), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,6 +66,17 @@ CONDITION_SERIES: dict[str, str] = {
 # The 25 target columns of ``train.csv``, in file order.
 TARGET_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for c in CONDITIONS for lv in LEVELS)
 
+# The competition's files (Kaggle layout) and their columns; the data contract reads them, the phantom writes them.
+SPLITS: tuple[str, ...] = ("train", "test")
+LABELS_FILE = "train.csv"
+COORDINATES_FILE = "train_label_coordinates.csv"
+SAMPLE_SUBMISSION_FILE = "sample_submission.csv"
+SERIES_DESCRIPTIONS_FILE = "{split}_series_descriptions.csv"  # .format(split=...)
+IMAGES_DIR = "{split}_images"  # .format(split=...): <study_id>/<series_id>/<instance_number>.dcm
+SERIES_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "series_description")
+COORDINATE_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
+SUBMISSION_COLUMNS: tuple[str, ...] = ("row_id", *PRED_COLUMNS)
+
 # Real-data class frequencies per target (Normal/Mild, Moderate, Severe), measured on the
 # competition's train.csv (1,975 studies). The phantom draws its labels from these.
 REAL_CLASS_FREQUENCIES: dict[str, tuple[float, float, float]] = {

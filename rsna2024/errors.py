@@ -15,3 +15,7 @@ class SubmissionError(RsnaError, ValueError):
 
 class DicomError(RsnaError):
     """A DICOM series cannot be read: no readable slice, or a geometry tag is missing."""
+
+
+class OutputError(RsnaError):
+    """A file or folder the kit must write cannot be written (read-only folder, a file in the way, ...)."""

@@ -22,20 +22,26 @@ any_severe term.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, GROUP_OF_CONDITION, PRED_COLUMNS, parse_row_id
-from rsna2024.data.contract import describe_items as _some
-from rsna2024.data.contract import labels_long, load_labels_long
+from rsna2024.constants import (
+    CLASS_WEIGHTS,
+    CONDITION_GROUPS,
+    GROUP_OF_CONDITION,
+    PRED_COLUMNS,
+    SUBMISSION_COLUMNS,
+    parse_row_id,
+)
+from rsna2024.data.contract import labels_long
 from rsna2024.errors import SubmissionError
+from rsna2024.utils.messages import describe_items as _some
 
 EPS = 1e-15
 GROUPS: tuple[str, ...] = tuple(CONDITION_GROUPS)
 SCORE_KEYS: tuple[str, ...] = ("total", *GROUPS, "any_severe_spinal")
-SUBMISSION_COLUMNS: tuple[str, ...] = ("row_id", *PRED_COLUMNS)
 
 
 # --------------------------------------------------------------------------- solution tables
@@ -166,20 +172,43 @@ def format_scores(scores: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def score_submission_file(data_dir: str | Path, submission_path: str | Path) -> dict[str, float]:
-    """Score a submission-format CSV (an OOF file, say) against ``<data_dir>/train.csv``.
+@dataclass(frozen=True)
+class Coverage:
+    """Which labelled rows a (possibly partial) submission predicts."""
 
-    Scores over the row ids the file holds; row ids that ``train.csv`` does not have raise a
-    SubmissionError naming them.
+    labelled: int  # rows of the labels that hold a label
+    missing: tuple[str, ...]  # labelled row ids without a prediction
+
+    @property
+    def scored(self) -> int:
+        return self.labelled - len(self.missing)
+
+    def format(self) -> str:
+        """``'scored 120 of 125 labelled rows; 5 labelled rows have no prediction (e.g. ...)'``."""
+        text = f"scored {self.scored} of {self.labelled} labelled rows"
+        if self.missing:
+            text += (f"; {len(self.missing)} labelled rows have no prediction "
+                     f"(e.g. {_some(self.missing, show=3)})")
+        return text
+
+
+def score_labelled_rows(long: pd.DataFrame, submission: pd.DataFrame, name: str = "submission",
+                        labels_name: str = "the labels",
+                        require_all: bool = False) -> tuple[dict[str, float], Coverage]:
+    """Score ``submission`` over the row ids it holds against long labels (see ``labels_long``).
+
+    Returns the scores (as :func:`score`) and the :class:`Coverage` of the labelled rows. Raises
+    SubmissionError (naming ``name``) for invalid rows (:func:`check_submission`), for row ids the labels
+    (``labels_name`` in messages) do not have, and, with ``require_all``, when a labelled row has no prediction.
     """
-    path = Path(submission_path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: file not found")
-    sub = check_submission(pd.read_csv(path), name=str(path))
-    long = load_labels_long(data_dir)
-    unknown = pd.Index(sub["row_id"]).difference(pd.Index(long["row_id"]), sort=True)
+    sub = check_submission(submission, name=name)
+    row_ids = long["row_id"].astype(str)
+    unknown = pd.Index(sub["row_id"]).difference(pd.Index(row_ids), sort=True)
     if len(unknown):
-        raise SubmissionError(f"{path}: {len(unknown)} row_id(s) not in {Path(data_dir) / 'train.csv'}: "
-                              f"{_some(unknown)}")
-    solution = solution_from_long(long[long["row_id"].isin(set(sub["row_id"]))])
-    return score(solution, sub)
+        raise SubmissionError(f"{name}: {len(unknown)} row_id(s) not in {labels_name}: {_some(unknown)}")
+    predicted = row_ids.isin(set(sub["row_id"]))
+    labelled = (long["label_index"] >= 0).to_numpy()
+    coverage = Coverage(int(labelled.sum()), tuple(sorted(row_ids[labelled & ~predicted])))
+    if require_all and coverage.missing:
+        raise SubmissionError(f"{name}: {coverage.format()}; expected a prediction for every labelled row")
+    return score(solution_from_long(long[predicted.to_numpy()]), sub), coverage

@@ -23,7 +23,18 @@ from rsna2024.constants import (
 )
 from rsna2024.synthetic.dicom_writer import SliceGeometry, write_mr_slice
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+def _find_realdata() -> Path:
+    """``$RSNA2024_REALDATA``, else ``../shared/realdata`` beside the checkout (or beside the folder that holds it,
+    as for a git worktree under ``wt/``)."""
+    if os.environ.get("RSNA2024_REALDATA"):
+        return Path(os.environ["RSNA2024_REALDATA"])
+    root = Path(__file__).resolve().parents[1]
+    candidates = [root.parent / "shared" / "realdata", root.parent.parent / "shared" / "realdata"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+REALDATA = _find_realdata()
 REAL_FILES = {
     "train.csv": "train.csv",
     "train_series_descriptions.csv": "train_series_descriptions.csv",

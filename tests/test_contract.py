@@ -137,6 +137,11 @@ INVALID = {
 }
 
 
+# The loader that reads each file (the coordinates' loader reads the series descriptions first).
+LOADER_OF_FILE = {"train.csv": load_labels_wide, "train_series_descriptions.csv": load_series_descriptions,
+                  "train_label_coordinates.csv": load_coordinates}
+
+
 @pytest.mark.parametrize("case", sorted(INVALID))
 def test_invalid_tables_raise_and_fail_validation(tmp_path, case):
     edit, expected = INVALID[case]
@@ -144,8 +149,7 @@ def test_invalid_tables_raise_and_fail_validation(tmp_path, case):
     edit(tables)
     data = write_folder(tmp_path / "d", tables=tables)
     with pytest.raises(DataError) as err:
-        load_labels_wide(data)
-        load_coordinates(data)
+        LOADER_OF_FILE[expected[0]](data)
     for piece in expected:
         assert piece in str(err.value), (piece, str(err.value))
     report = validate_data(data)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from kaggle_folder import make_tables, write_folder
 
+from rsna2024.baselines.prior import evaluate_prior, fit_prior, prior_oof
 from rsna2024.constants import LABELS, PRED_COLUMNS, TARGET_COLUMNS
 from rsna2024.data.contract import labels_long
 from rsna2024.data.folds import assign_folds, compute_folds, load_folds, make_folds, severity_profile
-from rsna2024.data.prior import evaluate_prior, fit_prior, prior_oof
 from rsna2024.errors import DataError
 
 N, M, S = LABELS

@@ -15,7 +15,7 @@ from rsna2024.metric import (
     check_submission,
     format_scores,
     score,
-    score_submission_file,
+    score_labelled_rows,
     solution_from_labels,
     weighted_log_loss,
 )
@@ -196,19 +196,54 @@ def test_missing_columns_duplicates_and_malformed_ids():
         check_submission(bad)
 
 
-def test_score_submission_file_scores_the_rows_it_holds(tmp_path):
-    from kaggle_folder import write_folder
+# --------------------------------------------------------------------------- partial submissions
+def hand_long(rows=HAND_ROWS) -> pd.DataFrame:
+    """The hand rows as long labels (``row_id``, ``label_index``; -1 = missing), as ``labels_long`` gives."""
+    return pd.DataFrame({"row_id": [r for r, _, _ in rows],
+                         "label_index": [-1 if lab is None else LABELS.index(lab) for _, lab, _ in rows]})
 
-    data = write_folder(tmp_path / "data", n_studies=4)
-    train = pd.read_csv(data / "train.csv")
-    study = int(train["study_id"].iloc[0])
-    ids = [f"{study}_{t}" for t in TARGET_COLUMNS]
-    sub = pd.DataFrame({"row_id": ids, "normal_mild": 0.7, "moderate": 0.2, "severe": 0.1})
-    sub.to_csv(tmp_path / "oof.csv", index=False)
-    got = score_submission_file(data, tmp_path / "oof.csv")
-    sol = solution_from_labels(train[train["study_id"] == study])
-    assert got == score(sol, sub)
-    sub.loc[3, "row_id"] = "12345_spinal_canal_stenosis_l1_l2"
-    sub.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(SubmissionError, match=r"1 row_id\(s\) not in .*train.csv: 12345_spinal_canal_stenosis_l1_l2"):
-        score_submission_file(data, tmp_path / "bad.csv")
+
+def test_score_labelled_rows_scores_the_rows_a_partial_file_holds():
+    _, sub = hand_tables()
+    part = sub[~sub["row_id"].str.startswith("2_")]  # study 2's four labelled rows have no prediction
+    got, coverage = score_labelled_rows(hand_long(), part)
+    ln = math.log
+    spinal = (1 * -ln(0.5) + 4 * -ln(0.5)) / 5  # study 1's two labelled spinal rows
+    foraminal = -ln(0.25)  # one moderate row (weight 2) alone
+    subarticular = (1 * -ln((1 - EPS) / (1 + EPS)) + 1 * -ln(0.8)) / 2
+    any_severe = -ln(0.5)  # study 1 only
+    assert got["spinal"] == pytest.approx(spinal, rel=1e-12)
+    assert got["foraminal"] == pytest.approx(foraminal, rel=1e-12)
+    assert got["subarticular"] == pytest.approx(subarticular, rel=1e-12)
+    assert got["any_severe_spinal"] == pytest.approx(any_severe, rel=1e-12)
+    assert (coverage.labelled, coverage.scored) == (9, 5)
+    assert coverage.missing == ("2_left_subarticular_stenosis_l2_l3", "2_right_neural_foraminal_narrowing_l3_l4",
+                                "2_spinal_canal_stenosis_l1_l2", "2_spinal_canal_stenosis_l5_s1")
+    assert coverage.format().startswith("scored 5 of 9 labelled rows; 4 labelled rows have no prediction (e.g. "
+                                        "2_left_subarticular_stenosis_l2_l3")
+
+
+def test_a_complete_file_covers_every_labelled_row():
+    _, sub = hand_tables()
+    got, coverage = score_labelled_rows(hand_long(), sub, require_all=True)
+    assert coverage.format() == "scored 9 of 9 labelled rows" and coverage.missing == ()
+    assert not math.isnan(got["total"])
+
+
+def test_require_all_refuses_a_partial_file_naming_it():
+    _, sub = hand_tables()
+    with pytest.raises(SubmissionError, match=r"^oof.csv: scored 8 of 9 labelled rows; 1 labelled rows have no "
+                                              r"prediction \(e.g. 2_spinal_canal_stenosis_l5_s1\); expected a "):
+        score_labelled_rows(hand_long(), sub.drop(index=6), name="oof.csv", require_all=True)
+
+
+def test_unknown_rows_and_bad_values_in_a_partial_file_are_errors():
+    _, sub = hand_tables()
+    extra = pd.DataFrame([["12345_spinal_canal_stenosis_l1_l2", 1, 0, 0]], columns=sub.columns)
+    with pytest.raises(SubmissionError, match=r"^oof.csv: 1 row_id\(s\) not in data/train.csv: 12345_spinal"):
+        score_labelled_rows(hand_long(), pd.concat([sub.iloc[:3], extra]), name="oof.csv",
+                            labels_name="data/train.csv")
+    nan = sub.iloc[:3].copy()
+    nan.loc[1, "severe"] = np.nan
+    with pytest.raises(SubmissionError, match=r"^oof.csv: 1 row\(s\) hold NaN .*1_spinal_canal_stenosis_l2_l3"):
+        score_labelled_rows(hand_long(), nan, name="oof.csv")

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from kaggle_folder import link_realdata
 
+from rsna2024.baselines.prior import evaluate_prior
 from rsna2024.data.contract import load_coordinates, load_labels_wide
 from rsna2024.data.folds import compute_folds, severity_profile
-from rsna2024.data.prior import evaluate_prior
 from rsna2024.data.validate import validate_data
 
 pytestmark = pytest.mark.realdata

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from kaggle_folder import REALDATA as REAL
 
 from rsna2024.constants import CONDITION_SERIES, CONDITIONS, LABELS, LEVELS, REAL_CLASS_FREQUENCIES, TARGET_COLUMNS
 from rsna2024.synthetic.anatomy import DISC_INDEX, NARROWING_RANGES, rotation_matrix, sample_anatomy
@@ -17,7 +17,6 @@ from rsna2024.synthetic.quirks import TEST_QUIRKS, QuirkRates, StudyQuirks, draw
 from rsna2024.synthetic.render import CSF, FAT, NERVE, Appearance, render_slice, tissue_map
 from rsna2024.synthetic.series import SIZES, SlicePlan, plan_series
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 ALL_NORMAL = np.zeros(len(TARGET_COLUMNS), dtype=int)
 
 
@@ -120,7 +119,7 @@ def test_label_frequencies_of_500_studies_match_the_real_ones():
 @pytest.mark.realdata
 def test_real_class_frequencies_match_the_real_train_csv():
     if not REAL.is_dir():
-        pytest.skip("../shared/realdata is absent")
+        pytest.skip(f"real label files not found in {REAL}")
     real = pd.read_csv(REAL / "train.csv")
     for t in TARGET_COLUMNS:
         counts = real[t].value_counts(normalize=True)

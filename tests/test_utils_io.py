@@ -4,7 +4,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rsna2024.utils.io import atomic_path, atomic_to_csv, atomic_write_text, check_overwrite
+from rsna2024.errors import OutputError
+from rsna2024.utils.io import (
+    atomic_path,
+    atomic_to_csv,
+    atomic_write_text,
+    check_overwrite,
+    check_writable_dir,
+    text_encoding,
+)
 
 
 def test_atomic_path_keeps_old_file_when_the_writer_fails(tmp_path):
@@ -33,3 +41,33 @@ def test_check_overwrite_names_the_file(tmp_path):
     with pytest.raises(FileExistsError, match="submission.csv"):
         check_overwrite(target, overwrite=False)
     check_overwrite(target, overwrite=True)
+
+
+def test_atomic_path_names_the_target_when_its_folder_cannot_be_made(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"/file/out.csv: cannot be written \(.*/file is not a folder\)$"):
+        atomic_write_text(tmp_path / "file" / "out.csv", "y")
+
+
+def test_check_writable_dir_accepts_a_folder_to_be_created_and_leaves_nothing(tmp_path):
+    assert check_writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert check_writable_dir(tmp_path) == tmp_path
+    assert list(tmp_path.iterdir()) == []  # no probe file, no folder created
+
+
+def test_check_writable_dir_refuses_a_file_in_the_way_naming_it(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match=r"out/x: cannot be written \(.*/f is not a folder\)"):
+        check_writable_dir(tmp_path / "f" / "sub", name="out/x")
+
+
+@pytest.mark.parametrize("head, encoding", [
+    (b"study_id,fold\n", "utf-8-sig"),
+    (b"\xef\xbb\xbfstudy_id", "utf-8-sig"),
+    ("study_id".encode("utf-16"), "utf-16"),  # with the platform's byte-order mark
+    (b"\xfe\xff" + "study_id".encode("utf-16-be"), "utf-16"),
+    ("study_id".encode("utf-16-le"), None),  # no mark: NUL bytes, taken as binary
+    (b"\x89PNG\r\n\x1a\n\x00\x00", None),
+])
+def test_text_encoding_reads_byte_order_marks_and_spots_binary(head, encoding):
+    assert text_encoding(head) == encoding

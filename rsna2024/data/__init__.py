@@ -1,1 +1,1 @@
-"""The competition's CSV contract: reading and validating data folders, folds, the image-free prior."""
+"""The competition's CSV contract: reading and validating data folders, and the cross-validation folds."""

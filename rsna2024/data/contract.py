@@ -3,11 +3,16 @@
 Every loader checks what it reads and raises :class:`~rsna2024.errors.DataError` with a message that
 names the file, the row (1-based line number in the file, the header being line 1) or column, and
 what was expected. Missing labels stay missing (NaN); nothing is filled in.
+
+Files are read as UTF-8 (with or without a byte-order mark); a file that starts with a UTF-16 byte-order
+mark (what some spreadsheet programs write as "Unicode text") is decoded as UTF-16. An empty file, binary
+data (NUL bytes, which includes UTF-16 without a byte-order mark), text in another encoding, a folder in
+the file's place or a file that cannot be opened is a DataError naming the file.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,32 +22,38 @@ from rsna2024.constants import (
     CONDITION_FROM_NAME,
     CONDITION_NAMES,
     CONDITION_SERIES,
+    COORDINATE_COLUMNS,
+    COORDINATES_FILE,
+    IMAGES_DIR,
     LABEL_INDEX,
     LABELS,
+    LABELS_FILE,
     LEVEL_FROM_NAME,
     LEVEL_NAMES,
+    SERIES_COLUMNS,
+    SERIES_DESCRIPTIONS_FILE,
     SERIES_TYPES,
+    SPLITS,
+    SUBMISSION_COLUMNS,
     TARGET_COLUMNS,
 )
 from rsna2024.errors import DataError
+from rsna2024.utils.io import text_encoding
+from rsna2024.utils.messages import describe_items
+from rsna2024.utils.messages import os_reason as _os_reason
 
-SPLITS: tuple[str, ...] = ("train", "test")
-LABELS_FILE = "train.csv"
-COORDINATES_FILE = "train_label_coordinates.csv"
-SERIES_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "series_description")
-COORDINATE_COLUMNS: tuple[str, ...] = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
-# How many offending rows an error message lists before it gives a count.
-_SHOW = 5
+# How many leading bytes decide a file's encoding (and whether it is binary).
+_SNIFF_BYTES = 8192
 
 
 def series_descriptions_file(data_dir: str | Path, split: str = "train") -> Path:
     """Path of ``<split>_series_descriptions.csv``."""
-    return Path(data_dir) / f"{_check_split(split)}_series_descriptions.csv"
+    return Path(data_dir) / SERIES_DESCRIPTIONS_FILE.format(split=_check_split(split))
 
 
 def images_dir(data_dir: str | Path, split: str = "train") -> Path:
     """Path of the ``<split>_images`` folder."""
-    return Path(data_dir) / f"{_check_split(split)}_images"
+    return Path(data_dir) / IMAGES_DIR.format(split=_check_split(split))
 
 
 def _check_split(split: str) -> str:
@@ -56,27 +67,37 @@ def file_lines(index: Iterable[int]) -> list[int]:
     return [int(i) + 2 for i in index]
 
 
-def describe_items(items: Sequence, show: int = _SHOW) -> str:
-    """``'a, b, c (and 12 more)'``: the first few items and a count of the rest."""
-    items = list(items)
-    text = ", ".join(str(i) for i in items[:show])
-    return text + (f" (and {len(items) - show} more)" if len(items) > show else "")
-
-
 def join_keys(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """Each row's ``columns`` joined by ``/`` (e.g. ``'study/series'``), for messages."""
     return ["/".join(map(str, values)) for values in zip(*(df[c] for c in columns))]
 
 
-def read_csv(path: str | Path, columns: Sequence[str]) -> pd.DataFrame:
-    """Read a contract CSV, checking it exists and holds ``columns`` (extra columns are kept)."""
+def read_csv(path: str | Path, columns: Sequence[str], dtype=None) -> pd.DataFrame:
+    """Read a contract CSV, checking it exists, is text (see the module docstring) and holds ``columns``
+    (extra columns are kept). ``dtype`` is passed to pandas."""
     path = Path(path)
+    expected = f"expected a CSV file with columns {describe_items(columns, show=4)}"
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; {expected}")
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected a CSV with columns {list(columns)})")
+        raise DataError(f"{path}: file not found ({expected})")
     try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({_os_reason(exc)})") from exc
+    if not head.strip():
+        raise DataError(f"{path}: the file is empty; {expected}")
+    encoding = text_encoding(head)
+    if encoding is None:
+        raise DataError(f"{path}: holds binary data (NUL bytes), not CSV text; {expected}, saved as UTF-8")
+    try:
+        df = pd.read_csv(path, encoding=encoding, dtype=dtype)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text ({exc.reason}); "
+                        f"save it as UTF-8") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({' '.join(str(exc).split())}); {expected}") from exc
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected columns {list(columns)}, "
@@ -168,6 +189,20 @@ def labels_long(wide: pd.DataFrame) -> pd.DataFrame:
 def load_labels_long(data_dir: str | Path) -> pd.DataFrame:
     """``train.csv`` in long form (see :func:`labels_long`)."""
     return labels_long(load_labels_wide(data_dir))
+
+
+# --------------------------------------------------------------------------- submissions
+def load_submission(path: str | Path) -> pd.DataFrame:
+    """A submission-format CSV (an OOF file, say): ``row_id`` (str) and the three probability columns.
+
+    Checks that the file reads (see the module docstring), has the columns and holds at least one row;
+    the values and row ids are checked by :func:`rsna2024.metric.check_submission`.
+    """
+    path = Path(path)
+    df = read_csv(path, SUBMISSION_COLUMNS, dtype={"row_id": str})
+    if df.empty:
+        raise DataError(f"{path}: holds a header but no rows; expected one row per row_id")
+    return df
 
 
 # --------------------------------------------------------------------------- coordinates

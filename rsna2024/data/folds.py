@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from rsna2024.constants import GROUP_OF_CONDITION
-from rsna2024.data.contract import check_unique, describe_items, integer_column, labels_long, load_labels_wide, read_csv
+from rsna2024.data.contract import check_unique, integer_column, labels_long, load_labels_wide, read_csv
 from rsna2024.errors import DataError
 from rsna2024.utils.io import atomic_to_csv, check_overwrite
 from rsna2024.utils.logging import get_logger
+from rsna2024.utils.messages import describe_items
 
 FOLDS_FILE = "folds.csv"
 log = get_logger(__name__)

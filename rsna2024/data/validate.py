@@ -15,7 +15,6 @@ import pandas as pd
 from rsna2024.constants import LABELS, SERIES_TYPES
 from rsna2024.data.contract import (
     COORDINATES_FILE,
-    describe_items,
     images_dir,
     join_keys,
     labels_long,
@@ -27,6 +26,7 @@ from rsna2024.data.contract import (
     series_type_mismatches,
 )
 from rsna2024.errors import DataError
+from rsna2024.utils.messages import count_and_examples
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ class ValidationReport:
         """Add ``message`` with a count and the first few ``items`` as a warning when there are any."""
         items = list(items)
         if items:
-            self.warnings.append(f"{message} ({len(items)}): {describe_items(items)}")
+            self.warnings.append(count_and_examples(message, items))
 
     def format(self) -> str:
         """The summary ``rsna2024 validate`` prints."""

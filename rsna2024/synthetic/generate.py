@@ -25,8 +25,10 @@ from rsna2024.constants import (
     LEVEL_NAMES,
     LEVELS,
     PRED_COLUMNS,
+    SERIES_COLUMNS,
     study_row_ids,
 )
+from rsna2024.constants import COORDINATE_COLUMNS as COORD_COLUMNS
 from rsna2024.synthetic.anatomy import Anatomy, sample_anatomy
 from rsna2024.synthetic.dicom_writer import write_mr_slice
 from rsna2024.synthetic.labels import MISSING, labels_frame, mask_missing, sample_classes
@@ -38,8 +40,6 @@ from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-COORD_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-SERIES_COLUMNS = ["study_id", "series_id", "series_description"]
 LANDMARK_COLUMNS = ["study_id", "structure", "level", "x_mm", "y_mm", "z_mm"]
 PRIMARY_ROLE = {"Sagittal T1": "sag_t1", "Sagittal T2/STIR": "sag_t2", "Axial T2": "axial"}
 

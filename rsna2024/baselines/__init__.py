@@ -1,0 +1,1 @@
+"""Baselines that models must beat: the image-free prior today; image-based baselines join here."""
