@@ -43,6 +43,7 @@ class Series:
     study_id: int | None = None
     series_id: int | None = None
     description: str = ""
+    dropped: list[str] = field(default_factory=list)  # "file: reason" of each slice the reader dropped
     _index_of: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
