@@ -1,7 +1,9 @@
 """Main job of the kit. ``python main.py --demo`` runs the whole pipeline on the synthetic phantom.
 
-Today it generates the phantom when absent, validates it, writes the folds, fills the preprocessing
-cache and prints the image-free floor; training stages join as they land.
+Today it generates the phantom when absent, validates it (DICOM headers included), writes the folds,
+fills the preprocessing cache and prints the image-free floor; training stages join as they land.
+A CSV that breaks the contract stops the run; a broken study or series is a warning naming it and the
+run goes on without it (only a cache in which every series failed stops it).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def main(argv=None) -> int:
     from rsna2024.baselines.prior import evaluate_prior
     from rsna2024.data.folds import make_folds
     from rsna2024.data.validate import validate_data
-    from rsna2024.dicom.cache import preprocess
+    from rsna2024.dicom.cache import load_cache_index, preprocess, summarize_index
+    from rsna2024.errors import RsnaError
     from rsna2024.metric import format_scores
     from rsna2024.utils.logging import get_logger, setup_logging
 
@@ -43,16 +46,24 @@ def main(argv=None) -> int:
         log.error("no train.csv in %s: put the competition data there (Kaggle layout) or run with --demo", data)
         return 2
 
-    report = validate_data(data)
+    report = validate_data(data, images=True, workers=args.workers)
     print(report.format())
-    if not report.ok:
+    if not report.ok:  # a CSV breaks the contract; image problems are only warnings
         return 1
     folds = data / "folds.csv"
     if not folds.exists():
         make_folds(data, out=folds)
     log.info("folds: %s", folds)
-    index = preprocess(data, cache_root=args.cache, split="all", workers=args.workers)
-    log.info("cache index: %s", index)
+    try:
+        index = preprocess(data, cache_root=args.cache, split="all", workers=args.workers)
+    except RsnaError as exc:
+        log.error("%s", exc)
+        return 1
+    table = load_cache_index(index)
+    failed = table[table["status"] == "failed"]
+    log.info("cache index: %s (%s)", index, summarize_index(table))
+    for row in failed.itertuples(index=False):
+        log.warning("study %s, series %s left out (preprocessing failed): %s", row.study_id, row.series_id, row.error)
     print(format_scores(evaluate_prior(data, folds_path=folds), title="image-free prior, 5-fold CV"))
     return 0
 

@@ -50,13 +50,16 @@ def _run_synth(args):
 def _add_validate(sub):
     p = sub.add_parser("validate", help="check a data folder against the competition's data contract")
     p.add_argument("--data", type=existing_dir, required=True, help="data folder in Kaggle layout")
+    p.add_argument("--images", action="store_true",
+                   help="also read every DICOM header (no pixels) and report broken series and label points "
+                        "outside their image or on a missing slice (warnings naming study, series, file, tag)")
     return p
 
 
 def _run_validate(args):
     from rsna2024.data.validate import validate_data
 
-    report = validate_data(args.data)
+    report = validate_data(args.data, images=args.images)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -123,17 +126,21 @@ def _add_preprocess(sub):
     p = sub.add_parser("preprocess", help="decode every DICOM series once into the preprocessing cache")
     p.add_argument("--data", type=existing_dir, required=True)
     p.add_argument("--cache", type=writable_dir, default=None,
-                   help="cache root (default: <data>/../cache); a subfolder is keyed by the preprocessing parameters")
+                   help="cache root (default: <data>/../cache); a subfolder is keyed by the preprocessing parameters "
+                        "and the data folder")
     p.add_argument("--split", choices=["train", "test", "all"], default="all")
     p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--rebuild", action="store_true",
+                   help="read every series again, even finished ones whose files are unchanged")
     return p
 
 
 def _run_preprocess(args):
-    from rsna2024.dicom.cache import preprocess
+    from rsna2024.dicom.cache import load_cache_index, preprocess, summarize_index
 
-    index = preprocess(args.data, cache_root=args.cache, split=args.split, workers=args.workers)
-    print(f"cache ready: {index}")
+    index = preprocess(args.data, cache_root=args.cache, split=args.split, workers=args.workers,
+                       rebuild=args.rebuild)
+    print(f"cache ready: {index} ({summarize_index(load_cache_index(index))})")
 
 
 COMMANDS = {

@@ -165,15 +165,18 @@ def test_missing_file_is_named(tmp_path):
     assert any("train_label_coordinates.csv: file not found" in e for e in validate_data(data).errors)
 
 
-def test_study_folder_without_images_is_an_error(tmp_path):
+def test_study_folder_without_images_is_an_error_of_the_listing_and_a_warning_of_validate(tmp_path):
     data = write_folder(tmp_path / "d", n_studies=3, images=True)
     for series in (data / "train_images" / "1001").iterdir():
         for f in series.glob("*.dcm"):
             f.unlink()
     with pytest.raises(DataError, match=r"train_images: study folder\(s\) 1001 hold no images"):
         list_image_folders(data)
-    report = validate_data(data)
-    assert not report.ok and any("1001 hold no images" in e for e in report.errors)
+    assert list_image_folders(data, allow_empty_studies=True).groupby("study_id")["n_files"].sum().to_dict() == {
+        1000: 6, 1001: 0, 1002: 6}
+    report = validate_data(data)  # one broken study never ends the check of the others
+    assert report.ok and "study folders under train_images without any .dcm file (1): 1001" in report.warnings
+    assert "train images: 3 studies, 9 series, 12 .dcm files" in report.format()
 
 
 def test_a_series_folder_without_images_is_only_a_warning(tmp_path):

@@ -1,7 +1,9 @@
 """``python main.py --demo`` end to end in a subprocess, as a newcomer runs it, and its resumption."""
 from __future__ import annotations
 
+import logging
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +51,45 @@ def test_main_without_data_says_what_to_do(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "train.csv" in out.stderr and "--demo" in out.stderr
+
+
+def _main_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rsna2024_main", ROOT / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_broken_study_is_a_warning_and_the_run_goes_on(phantom_dir, tmp_path, capsys, caplog):
+    data = Path(shutil.copytree(phantom_dir, tmp_path / "data"))
+    desc = pd.read_csv(data / "train_series_descriptions.csv")
+    study, series = (int(v) for v in desc.iloc[0][["study_id", "series_id"]])
+    for f in (data / "train_images" / str(study) / str(series)).glob("*.dcm"):
+        f.write_bytes(b"broken")
+    with caplog.at_level(logging.WARNING):
+        code = _main_module().main(["--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"train_images/{study}/{series}: no usable slice in" in out and "unreadable DICOM file" in out
+    assert "result: OK" in out and re.search(r"total\s+[0-9.]+", out)
+    assert f"study {study}, series {series} left out (preprocessing failed): DicomError" in caplog.text
+    index = pd.read_csv(next((tmp_path / "cache").glob("*/index.csv")))
+    assert index.loc[index["status"] == "failed", "series_id"].tolist() == [series]
+    assert (index["status"] == "ok").sum() == len(index) - 1 and (data / "folds.csv").is_file()
+
+
+def test_main_stops_on_a_contract_error_or_when_every_series_failed(phantom_dir, tmp_path, capsys, caplog):
+    main = _main_module().main
+    data = Path(shutil.copytree(phantom_dir, tmp_path / "data"))
+    for f in data.glob("*_images/*/*/*.dcm"):
+        f.write_bytes(b"broken")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1"]) == 1
+    assert "every series failed" in caplog.text
+    desc = pd.read_csv(data / "train_series_descriptions.csv")
+    desc.loc[0, "series_description"] = "Coronal"
+    desc.to_csv(data / "train_series_descriptions.csv", index=False)
+    assert main(["--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1"]) == 1
+    assert "unknown series_description value(s) Coronal" in capsys.readouterr().out

@@ -253,12 +253,13 @@ def series_type_mismatches(coordinates: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- images
-def list_image_folders(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
+def list_image_folders(data_dir: str | Path, split: str = "train", allow_empty_studies: bool = False) -> pd.DataFrame:
     """The ``<split>_images/<study>/<series>/*.dcm`` tree as ``study_id, series_id, n_files``.
 
     Only lists folders and file names (no DICOM is read). Folders whose names are not integers are
-    ignored. Raises DataError when the images folder is missing or a study folder holds no ``.dcm``
-    file in any series folder. A series folder without ``.dcm`` files gets ``n_files`` 0.
+    ignored. Raises DataError when the images folder is missing or (unless ``allow_empty_studies``) a
+    study folder holds no ``.dcm`` file in any series folder. A series folder without ``.dcm`` files
+    gets ``n_files`` 0.
     """
     root = images_dir(data_dir, split)
     if not root.is_dir():
@@ -271,7 +272,7 @@ def list_image_folders(data_dir: str | Path, split: str = "train") -> pd.DataFra
         if not any(n for _, _, n in study_rows):
             empty.append(study.name)
         rows.extend(study_rows)
-    if empty:
+    if empty and not allow_empty_studies:
         raise DataError(f"{root}: study folder(s) {describe_items(empty)} hold no images; expected "
                         f"<study_id>/<series_id>/*.dcm")
     return pd.DataFrame(rows, columns=["study_id", "series_id", "n_files"]).astype("int64")

@@ -3,6 +3,10 @@
 Contract violations (see :mod:`rsna2024.data.contract`) are errors; inconsistencies that the real
 competition data itself has (labels without a coordinate row, studies lacking a series type, ...)
 are warnings. Files and folders the contract does not name (``folds.csv``, caches, ...) are ignored.
+
+With ``images=True`` every DICOM header is read as well (no pixels; the checks of
+:mod:`rsna2024.dicom.header`, the same the reader applies): a broken study is a warning naming the
+study, series, file and tag, never an error, because the rest of the data stays usable.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import pandas as pd
+from tqdm import tqdm
 
 from rsna2024.constants import LABELS, SERIES_TYPES
 from rsna2024.data.contract import (
@@ -26,7 +31,7 @@ from rsna2024.data.contract import (
     series_type_mismatches,
 )
 from rsna2024.errors import DataError
-from rsna2024.utils.messages import count_and_examples
+from rsna2024.utils.messages import count_and_examples, describe_items
 
 T = TypeVar("T")
 
@@ -110,17 +115,20 @@ def _check_coordinates(report: ValidationReport, long: pd.DataFrame | None, coor
         report.warn_if(sorted(pointed - labelled), "coordinate rows without a label (missing in train.csv)")
 
 
-def _check_images(report: ValidationReport, split: str, descriptions: pd.DataFrame | None) -> bool:
-    """Check ``<split>_images`` if present; returns whether it was there."""
+def _check_images(report: ValidationReport, split: str, descriptions: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Check the folder tree of ``<split>_images`` if present; return its listing (None if absent)."""
     root = images_dir(report.data_dir, split)
     if not root.is_dir():
-        return False
-    listing = report.attempt(lambda: list_image_folders(report.data_dir, split))
+        return None
+    listing = report.attempt(lambda: list_image_folders(report.data_dir, split, allow_empty_studies=True))
     if listing is None:
-        return True
+        return None
     report.summary[f"{split} images"] = (f"{listing['study_id'].nunique()} studies, {len(listing)} series, "
                                          f"{int(listing['n_files'].sum())} .dcm files")
-    report.warn_if(join_keys(listing[listing["n_files"] == 0], ["study_id", "series_id"]),
+    files_per_study = listing.groupby("study_id")["n_files"].transform("sum")
+    report.warn_if(sorted(listing.loc[files_per_study == 0, "study_id"].unique()),
+                   f"study folders under {root.name} without any .dcm file")
+    report.warn_if(join_keys(listing[(listing["n_files"] == 0) & (files_per_study > 0)], ["study_id", "series_id"]),
                    f"series folders under {root.name} without a .dcm file")
     if descriptions is not None:
         on_disk = set(zip(listing["study_id"], listing["series_id"]))
@@ -129,11 +137,78 @@ def _check_images(report: ValidationReport, split: str, descriptions: pd.DataFra
                        f"described series without a folder under {root.name}")
         report.warn_if([f"{a}/{b}" for a, b in sorted(on_disk - described)],
                        f"series folders under {root.name} not in {split}_series_descriptions.csv")
-    return True
+    return listing
 
 
-def validate_data(data_dir: str | Path) -> ValidationReport:
-    """Check every contract file of ``data_dir`` (and the image tree when present) and summarise it."""
+def check_series_headers(folder: Path) -> tuple[dict[int, tuple[int, int]], list[str], int]:
+    """Read a series folder's headers: (Rows, Columns) per usable InstanceNumber, ``"file: reason"``
+    per problem (what the reader would drop, and slices misoriented against the rest), file count."""
+    from rsna2024.dicom.header import collect_slices, read_header
+    from rsna2024.dicom.orientation import misoriented_slices
+    from rsna2024.dicom.reader import series_files
+
+    try:
+        files = series_files(folder)
+    except OSError as exc:
+        return {}, [f"the folder cannot be listed ({type(exc).__name__}: {exc})"], 0
+    headers, problems = collect_slices(files, read_header)
+    if headers:
+        bad = misoriented_slices([h.row_dir for h in headers], [h.col_dir for h in headers])
+        problems += [f"{headers[i].path.name}: {reason}" for i, reason in bad]
+    return {h.instance_number: (h.rows, h.columns) for h in headers}, problems, len(files)
+
+
+def _check_headers(report: ValidationReport, split: str, listing: pd.DataFrame, coords: pd.DataFrame | None,
+                   workers: int) -> None:
+    """Read every header under ``<split>_images``; warn per broken series and per impossible label point."""
+    from joblib import Parallel, delayed
+
+    root = images_dir(report.data_dir, split)
+    keys = [(int(a), int(b)) for a, b in zip(listing["study_id"], listing["series_id"])]
+    keys = [k for k, n in zip(keys, listing["n_files"]) if n > 0]
+    jobs = (delayed(check_series_headers)(root / str(study) / str(series)) for study, series in keys)
+    progress = dict(total=len(keys), desc=f"reading {root.name} headers", unit="series", leave=False,
+                    disable=len(keys) < 100)
+    if workers > 1 and len(keys) >= 100:  # starting worker processes costs more than a few series take
+        results = list(tqdm(Parallel(n_jobs=workers, return_as="generator")(jobs), **progress))
+    else:
+        results = [fn(*a, **kw) for fn, a, kw in tqdm(jobs, **progress)]
+    sizes = {}
+    for (study, series), (slices, problems, n_files) in zip(keys, results):
+        sizes[study, series] = slices
+        if problems:
+            what = f"{len(problems)} problem(s)" if slices else "no usable slice"
+            report.warnings.append(f"{root.name}/{study}/{series}: {what} in {n_files} file(s): "
+                                   + describe_items(problems))
+    broken = sum(bool(r[1]) for r in results)
+    report.summary[f"{split} image headers"] = (f"{sum(r[2] for r in results)} files in {len(keys)} series read; "
+                                                f"{broken} series with problems")
+    if coords is None:
+        return
+    missing, outside = [], []
+    for r in coords.itertuples(index=False):
+        slices = sizes.get((r.study_id, r.series_id))
+        if slices is None:
+            continue  # no images: warned above as a described series without a folder
+        where = f"{r.row_id} on {r.study_id}/{r.series_id} instance {r.instance_number}"
+        if r.instance_number not in slices:
+            missing.append(where)
+            continue
+        rows, cols = slices[r.instance_number]
+        if not (-0.5 <= r.x <= cols - 0.5 and -0.5 <= r.y <= rows - 0.5):
+            outside.append(f"{where} at (x {r.x:g}, y {r.y:g}), image {cols} x {rows}")
+    report.warn_if(missing, f"label points on an InstanceNumber their series lacks (or whose file is unusable) "
+                            f"under {root.name}")
+    report.warn_if(outside, f"label points outside their image (x beyond 0..Columns, y beyond 0..Rows, in pixel "
+                            f"centres) under {root.name}")
+
+
+def validate_data(data_dir: str | Path, images: bool = False, workers: int = 1) -> ValidationReport:
+    """Check every contract file of ``data_dir`` (and the image tree when present) and summarise it.
+
+    ``images`` also reads every DICOM header (``workers`` processes) and warns about each broken
+    series and each label point outside its image or on a slice the series lacks.
+    """
     data_dir = Path(data_dir)
     report = ValidationReport(data_dir)
     if not data_dir.is_dir():
@@ -144,6 +219,7 @@ def validate_data(data_dir: str | Path) -> ValidationReport:
     if long is not None:
         _check_labels(report, long)
     descriptions = report.attempt(lambda: load_series_descriptions(data_dir, "train"))
+    coords = None
     if descriptions is not None:
         _check_series(report, long, descriptions)
         coords = report.attempt(lambda: load_coordinates(data_dir, descriptions))
@@ -158,7 +234,12 @@ def validate_data(data_dir: str | Path) -> ValidationReport:
             report.summary["test series"] = _series_summary(test)
     else:
         report.warnings.append(f"{series_descriptions_file(data_dir, 'test').name} not found (test split not checked)")
-    checked = [split for split, desc in (("train", descriptions), ("test", test)) if _check_images(report, split, desc)]
+    checked = False
+    for split, desc in (("train", descriptions), ("test", test)):
+        checked |= images_dir(data_dir, split).is_dir()
+        listing = _check_images(report, split, desc)
+        if images and listing is not None:
+            _check_headers(report, split, listing, coords if split == "train" else None, workers)
     if not checked:
         report.summary["images"] = "not checked (no train_images/ or test_images/ folder; CSV files only)"
     return report

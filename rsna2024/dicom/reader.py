@@ -13,19 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from rsna2024.dicom.header import SliceError, collect_slices, parse_header
 from rsna2024.dicom.orientation import MAX_SLICE_ANGLE_DEG, canonical_layout, misoriented_slices
 from rsna2024.dicom.series import Series, StoredGeometry
 from rsna2024.errors import DicomError
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-# Tags every slice must carry for patient-space geometry.
-GEOMETRY_TAGS: tuple[str, ...] = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                                  "InstanceNumber")
 
 
 @dataclass
@@ -40,31 +36,6 @@ class _Slice:
     slope: float
     intercept: float
     description: str
-
-
-def _tag_name(keyword: str) -> str:
-    t = Tag(keyword)
-    return f"{keyword} ({t.group:04X},{t.element:04X})"
-
-
-def _floats(ds: pydicom.Dataset, keyword: str, count: int, where: str) -> np.ndarray:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        raise DicomError(f"{where}: missing geometry tag {_tag_name(keyword)}")
-    try:
-        arr = np.array([float(v) for v in (value if count > 1 else [value])], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DicomError(f"{where}: tag {_tag_name(keyword)} = {value!r} is not numeric") from None
-    if arr.shape != (count,):
-        raise DicomError(f"{where}: tag {_tag_name(keyword)} has {arr.size} values, expected {count}")
-    return arr
-
-
-def _unit(v: np.ndarray, keyword: str, where: str) -> np.ndarray:
-    norm = np.linalg.norm(v)
-    if not 0.5 < norm < 1.5:
-        raise DicomError(f"{where}: tag {_tag_name(keyword)} holds a non-unit direction {v.tolist()}")
-    return v / norm
 
 
 _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
@@ -89,36 +60,36 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
-def _read_slice(path: Path, series_name: str) -> _Slice | None:
-    """One slice, or None (with a warning naming the file) if the file is unreadable.
-
-    A readable file without the geometry tags raises DicomError: the series cannot be placed in space.
-    """
+def _read_slice(path: Path) -> _Slice:
+    """One slice; SliceError naming the file and the tag if it is unreadable or its header is invalid
+    (the checks of :func:`rsna2024.dicom.header.parse_header`) or its pixels do not decode."""
     try:
         ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - any parsing failure makes the file unusable
+        raise SliceError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
+    h = parse_header(ds, path)
+    try:
         pixels = decode_pixels(ds)
     except Exception as exc:  # noqa: BLE001 - any decoding failure makes the file unusable
-        log.warning("series %s: skipping unreadable DICOM file %s (%s: %s)", series_name, path,
-                    type(exc).__name__, exc)
-        return None
-    if pixels.ndim != 2:
-        log.warning("series %s: skipping %s: expected one 2-D grayscale frame, got pixel shape %s",
-                    series_name, path, pixels.shape)
-        return None
-    where = f"series {series_name}, file {path}"
-    orientation = _floats(ds, "ImageOrientationPatient", 6, where)
-    return _Slice(
-        path=path,
-        pixels=pixels,
-        instance_number=int(_floats(ds, "InstanceNumber", 1, where)[0]),
-        position=_floats(ds, "ImagePositionPatient", 3, where),
-        row_dir=_unit(orientation[:3], "ImageOrientationPatient", where),
-        col_dir=_unit(orientation[3:], "ImageOrientationPatient", where),
-        spacing=_floats(ds, "PixelSpacing", 2, where),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-        description=str(ds.get("SeriesDescription", "")),
-    )
+        raise SliceError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if pixels.shape != (h.rows, h.columns):
+        raise SliceError(path, f"decoded pixels have shape {pixels.shape}, but Rows x Columns = "
+                               f"{h.rows} x {h.columns}")
+    return _Slice(path=path, pixels=pixels, instance_number=h.instance_number, position=h.position,
+                  row_dir=h.row_dir, col_dir=h.col_dir, spacing=h.spacing, slope=h.slope, intercept=h.intercept,
+                  description=h.description)
+
+
+def _read_slices(folder: Path, name: str) -> tuple[list[_Slice], list[str]]:
+    """The usable slices of a series folder and ``"file: reason"`` of each dropped one (warned; see
+    :func:`~rsna2024.dicom.header.collect_slices`). DicomError naming the folder when none is left."""
+    slices, dropped = collect_slices(series_files(folder), _read_slice)
+    for entry in dropped:
+        log.warning("series %s: dropped slice %s/%s", name, folder, entry)
+    if not slices:
+        raise DicomError(f"series {name}: no readable DICOM slice with valid geometry in {folder} "
+                         + (f"({len(dropped)} file(s) dropped, e.g. {dropped[0]})" if dropped else "(no files)"))
+    return slices, dropped
 
 
 def _resample_slice(s: _Slice, shape: tuple[int, int], series_name: str) -> tuple[np.ndarray, np.ndarray,
@@ -138,17 +109,18 @@ def _resample_slice(s: _Slice, shape: tuple[int, int], series_name: str) -> tupl
     return pixels, corner + 0.5 * spacing[1] * s.row_dir + 0.5 * spacing[0] * s.col_dir, spacing
 
 
-def _drop_misoriented(slices: list[_Slice], series_name: str) -> list[_Slice]:
-    """``slices`` without those oriented far from the rest of the series (a warning names each file)."""
+def _drop_misoriented(slices: list[_Slice], series_name: str) -> tuple[list[_Slice], list[str]]:
+    """``slices`` without those oriented far from the rest of the series (a warning names each file),
+    and ``"file: reason"`` of each dropped one."""
     if len(slices) < 2:
-        return slices
+        return slices, []
     bad = dict(misoriented_slices(np.stack([s.row_dir for s in slices]), np.stack([s.col_dir for s in slices])))
     if len(bad) == len(slices):
         raise DicomError(f"series {series_name}: no two slices share an orientation (slice normals or row "
                          f"directions more than {MAX_SLICE_ANGLE_DEG:g} degrees from the median)")
     for i, reason in bad.items():
         log.warning("series %s: dropping %s: %s", series_name, slices[i].path, reason)
-    return [s for i, s in enumerate(slices) if i not in bad]
+    return [s for i, s in enumerate(slices) if i not in bad], [f"{slices[i].path.name}: {r}" for i, r in bad.items()]
 
 
 def series_files(folder: Path) -> list[Path]:
@@ -169,19 +141,19 @@ def read_series(folder: str | Path, description: str = "") -> Series:
 
     ``study_id`` and ``series_id`` are taken from the folder names (Kaggle layout
     ``<study>/<series>/<instance>.dcm``); ``description`` defaults to the SeriesDescription tag.
-    Corrupt files are skipped with a warning; so are slices oriented more than ``MAX_SLICE_ANGLE_DEG``
-    (45) degrees away from the rest of the series; slices of another size are resampled to the
-    majority size with a warning (in the volume only: their stored grid stays theirs). Raises
-    DicomError if no slice is readable, a geometry tag is missing or no two slices share an orientation.
+    A slice that is unreadable or has an invalid header (see :mod:`rsna2024.dicom.header`), repeats
+    another's InstanceNumber, or is oriented more than ``MAX_SLICE_ANGLE_DEG`` (45) degrees away from the
+    rest of the series is dropped with a warning and listed in ``Series.dropped``; slices of another size
+    are resampled to the majority size with a warning (in the volume only: their stored grid stays theirs).
+    Raises DicomError naming the folder if no usable slice is left or no two slices share an orientation.
     """
     folder = Path(folder)
     name = f"{folder.parent.name}/{folder.name}"
     if not folder.is_dir():
         raise DicomError(f"series {name}: folder {folder} does not exist")
-    slices = [s for s in (_read_slice(p, name) for p in series_files(folder)) if s is not None]
-    if not slices:
-        raise DicomError(f"series {name}: no readable DICOM slice in {folder}")
-    slices = _drop_misoriented(slices, name)
+    slices, dropped = _read_slices(folder, name)
+    slices, misoriented = _drop_misoriented(slices, name)
+    dropped = dropped + misoriented
 
     shape = Counter(s.pixels.shape for s in slices).most_common(1)[0][0]
     grids = [(s.pixels, s.position, s.spacing) if s.pixels.shape == shape else _resample_slice(s, shape, name)
@@ -216,4 +188,5 @@ def read_series(folder: str | Path, description: str = "") -> Series:
         description=description or slices[order[0]].description,
         orientation=layout.orientation,
         stored=stored,
+        dropped=dropped,
     )

@@ -116,6 +116,7 @@ class Series:
     description: str = ""
     orientation: Orientation | None = None
     stored: StoredGeometry | None = None
+    dropped: list[str] = field(default_factory=list)  # "file: reason" of each slice the reader dropped
     _index_of: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
