@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from toy_task import toy_config, write_toy_data
+from toy_task import one_thread, toy_config, write_toy_data  # noqa: F401 - one_thread: pytestmark
 
 from rsna2024.errors import ConfigError
 from rsna2024.training.checkpoint import load_checkpoint, load_fold_model
@@ -18,14 +18,8 @@ from rsna2024.training.config import ScheduleConfig, config_to_dict
 from rsna2024.training.optim import LRSchedule
 from rsna2024.training.trainer import resolve_amp, resolve_device, train_fold
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads oversubscribe and run far slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +56,7 @@ def test_fold_writes_the_run_folder_and_a_finished_fold_is_skipped(toy_data, tmp
     for r in records:
         assert {"fold", "epoch", "train_loss", "lr", "seconds", "valid_loss", "point_error"} <= r.keys()
         assert r["images"] == 8 and r["fold"] == 1
+    assert records[1]["train_loss"] < records[0]["train_loss"]  # the optimizer steps
     best = min(records, key=lambda r: r["point_error"])
     assert result.best_epoch == best["epoch"] and result.best_value == pytest.approx(best["point_error"])
     assert load_checkpoint(run / "fold1_best.pt")["epoch"] == best["epoch"]

@@ -132,7 +132,8 @@ class Task:
             naming the valid ones), or None to keep it a plain dict.
         metric: key of the validation metrics that picks the best checkpoint (``valid_loss`` is always there).
         mode: ``"min"`` if lower is better, ``"max"`` otherwise.
-        collate_fn: the DataLoader's collate function (None: torch's default, which stacks dicts of tensors).
+        collate_fn: the DataLoader's collate function (None: torch's default, which stacks dicts of tensors);
+            assign it as ``collate_fn = staticmethod(my_collate)`` so it is not bound to the task.
     """
 
     name: ClassVar[str] = ""

@@ -339,7 +339,8 @@ class FoldTrainer:
 
     # ----------------------------------------------------------------- one epoch
     def train_epoch(self, epoch: int, limit_steps: int | None = None) -> dict:
-        """Train one epoch; returns ``train_loss``, ``lr``, ``seconds``, ``images`` and ``images_per_s``."""
+        """Train one epoch; returns ``train_loss``, ``lr`` (of its last optimizer step), ``seconds``, ``images`` and
+        ``images_per_s``."""
         cfg, task, model = self.cfg, self.task, self.model
         self.generator.manual_seed(_derived_seed(cfg.seed, self.fold, epoch, self.dist.rank))
         if isinstance(self.train_sampler, torch.utils.data.DistributedSampler):
@@ -349,7 +350,7 @@ class FoldTrainer:
         n_batches = len(self.train_loader) if limit_steps is None else min(len(self.train_loader),
                                                                               limit_steps * cfg.grad_accum)
         full_groups_end = (n_batches // cfg.grad_accum) * cfg.grad_accum
-        loss_sum, count = 0.0, 0
+        loss_sum, count, lr = 0.0, 0, self.schedule.current_lr()
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=n_batches, desc=f"{cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not self.is_main, leave=False, dynamic_ncols=True,
@@ -371,6 +372,7 @@ class FoldTrainer:
                                         f"(lr {self.schedule.current_lr():.3g}); lower optim.lr or set grad_clip")
                 self.scaler.scale(loss / group).backward()
             if step_now:
+                lr = self.schedule.current_lr()
                 if cfg.grad_clip:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -388,7 +390,7 @@ class FoldTrainer:
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         loss_sum, count = ddp.sum_numbers(loss_sum, count)
-        return {"train_loss": loss_sum / max(count, 1), "lr": self.schedule.current_lr(), "seconds": seconds,
+        return {"train_loss": loss_sum / max(count, 1), "lr": lr, "seconds": seconds,
                 "images": int(count), "images_per_s": count / seconds if seconds > 0 else math.nan}
 
     def validate(self) -> dict:
