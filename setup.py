@@ -34,9 +34,12 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pyyaml>=6.0",
+        "packaging>=21",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pyjpegls>=1.2", "ruff>=0.5"],
+        # kaggle and six: the tests run the kaggle client's own metadata checks; nbclient + ipykernel execute notebooks
+        "dev": ["pytest>=7.4", "pyjpegls>=1.2", "ruff>=0.5", "kaggle>=1.6", "six", "nbclient>=0.7", "nbformat>=5",
+                "ipykernel>=6"],
         "kaggle": ["kaggle>=1.6", "six"],
         "wandb": ["wandb"],
     },

@@ -172,6 +172,80 @@ def _run_train(args):
               f"at epoch {result.best_epoch + 1} ({result.run_dir})")
 
 
+# --------------------------------------------------------------------------- kaggle
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _add_kaggle(sub):
+    from rsna2024.kaggle import DEFAULT_ACCELERATOR, DEFAULT_EXCLUDE
+
+    p = sub.add_parser("kaggle", help="package runs for Kaggle's offline kernel, push it, submit it, follow it")
+    ksub = p.add_subparsers(dest="kaggle_command", required=True, metavar="ACTION")
+
+    pk = ksub.add_parser("package", help="build <out>/dataset (runs' best weights and configs, the kit's wheel and "
+                         "its dependencies' wheels) and <out>/kernel (the offline inference notebook)")
+    pk.add_argument("--runs", type=existing_dir, nargs="+", required=True, metavar="RUN_DIR",
+                    help="run folders (runs/<experiment>/): each one's config.yaml and fold*_best.pt are packaged")
+    pk.add_argument("--name", required=True, help="title of the Kaggle dataset and kernel (6-50 characters); "
+                    "their slug is its lowercase-dashed form")
+    pk.add_argument("--out", type=writable_dir, default="kernels/build", help="where dataset/ and kernel/ go")
+    pk.add_argument("--user", default=None, help="Kaggle user owning both (default: KAGGLE_USERNAME, or the "
+                    "username of ~/.kaggle/kaggle.json)")
+    pk.add_argument("--exclude", type=_comma_list, default=list(DEFAULT_EXCLUDE), metavar="PATTERN,...",
+                    help="dependencies not packaged, fnmatch patterns replacing the default "
+                         f"{','.join(DEFAULT_EXCLUDE)} (Kaggle's image has its own torch; pip keeps an installed "
+                         "package that satisfies the requirement); '' packages everything")
+    pk.add_argument("--no-deps-wheels", action="store_true",
+                    help="package the kit's wheel only (the kernel then needs every dependency preinstalled)")
+    pk.add_argument("--python-version", default=None, metavar="X.Y",
+                    help="fetch dependency wheels for this CPython on manylinux x86_64 (default: this interpreter; "
+                         "check Kaggle's with !python --version)")
+    pk.add_argument("--overwrite", action="store_true", help="replace existing <out>/dataset and <out>/kernel")
+
+    pp = ksub.add_parser("push", help="upload the dataset (create, or a new version) and wait until it is ready, "
+                         "then push the kernel (which runs it)")
+    pp.add_argument("--dataset", type=existing_dir, default=None, help="dataset folder (e.g. kernels/build/dataset)")
+    pp.add_argument("--kernel", type=existing_dir, default=None, help="kernel folder (e.g. kernels/build/kernel)")
+    pp.add_argument("--accelerator", default=DEFAULT_ACCELERATOR,
+                    help="the kernel's machine ('' for the client's default GPU)")
+    pp.add_argument("-m", "--message", default=None, help="the dataset version's notes")
+    pp.add_argument("--wait", type=positive_int, default=900, metavar="SECONDS",
+                    help="how long to wait for the uploaded dataset to be ready before pushing the kernel")
+
+    ps = ksub.add_parser("submit", help="submit a version of the kernel to the competition (scored on the hidden "
+                         "test set)")
+    ps.add_argument("--kernel", required=True, metavar="USER/SLUG")
+    ps.add_argument("--version", type=positive_int, required=True, help="kernel version (printed by push)")
+    ps.add_argument("-m", "--message", required=True, help="submission description")
+
+    pt = ksub.add_parser("status", help="state of the kernel's latest run")
+    pt.add_argument("--kernel", required=True, metavar="USER/SLUG")
+    for action in (pk, pp, ps, pt):
+        _common_options(action, argparse.SUPPRESS)
+    return p
+
+
+def _run_kaggle(args):
+    if args.kaggle_command == "package":
+        from rsna2024.kaggle.package import build_package
+
+        result = build_package(args.runs, args.name, out=args.out, user=args.user, exclude=args.exclude,
+                               deps_wheels=not args.no_deps_wheels, python_version=args.python_version,
+                               overwrite=args.overwrite)
+        print(result.format())
+        return
+    from rsna2024.kaggle import api
+
+    if args.kaggle_command == "push":
+        print(api.push(args.dataset, args.kernel, accelerator=args.accelerator or None, message=args.message,
+                       wait_s=args.wait).format())
+    elif args.kaggle_command == "submit":
+        print(api.submit(args.kernel, args.version, args.message))
+    else:
+        print(api.status(args.kernel))
+
+
 COMMANDS = {
     "synth": (_add_synth, _run_synth),
     "validate": (_add_validate, _run_validate),
@@ -180,6 +254,7 @@ COMMANDS = {
     "score": (_add_score, _run_score),
     "preprocess": (_add_preprocess, _run_preprocess),
     "train": (_add_train, _run_train),
+    "kaggle": (_add_kaggle, _run_kaggle),
 }
 
 
