@@ -103,8 +103,8 @@ def test_every_file_is_a_readable_mr_slice(phantom_dir, headers):
     assert headers.groupby("study_id").study_uid.nunique().eq(1).all()
     assert headers.groupby("series_id").series_uid.nunique().eq(1).all()
     assert headers.series_uid.nunique() == headers.series_id.nunique()
-    for df in (headers[headers.description != AXIAL_T2], headers[headers.description == AXIAL_T2]):
-        assert df.spacing.map(lambda s: s[0]).between(0.3, 3.0).all()
+    spacing = headers.spacing.map(lambda s: s[0])
+    assert spacing.between(0.75, 4.0).all() and spacing.nunique() > 10  # small: 96-192 px over 160-440 mm
     rows_, cols_ = np.stack(headers.row_dir), np.stack(headers.col_dir)  # oblique cosines kept orthonormal
     assert np.abs(np.linalg.norm(rows_, axis=1) - 1).max() < 1e-10
     assert np.abs(np.linalg.norm(cols_, axis=1) - 1).max() < 1e-10

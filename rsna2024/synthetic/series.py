@@ -34,7 +34,7 @@ class SizeSpec:
     """Matrix sizes (with their weights), fields of view (mm), slice counts and gaps (mm) of one dataset size.
 
     A series draws its square matrix from ``matrices`` and its field of view from the range, scaled by
-    ``(matrix / matrix_ref) ** 0.4`` (larger matrices tend to come with larger fields of view and finer pixels).
+    ``(matrix / matrix_ref) ** 0.25`` (larger matrices tend to come with larger fields of view and finer pixels).
     """
 
     matrices: tuple[int, ...]
@@ -195,7 +195,7 @@ AX_PLACEMENT = ((0.27, 0.73), (0.30, 0.80))
 
 def _matrix_fov(rng: np.random.Generator, size: SizeSpec, fov_range: tuple[float, float]) -> tuple[int, float]:
     matrix = int(rng.choice(size.matrices, p=size.matrix_weights))
-    return matrix, rng.uniform(*fov_range) * (matrix / size.matrix_ref) ** 0.4
+    return matrix, rng.uniform(*fov_range) * (matrix / size.matrix_ref) ** 0.25
 
 
 def _placement(rng: np.random.Generator, frames, fov: float, ranges) -> tuple[float, tuple[float, float]]:
