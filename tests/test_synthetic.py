@@ -103,15 +103,16 @@ def test_every_file_is_a_readable_mr_slice(phantom_dir, headers):
     assert headers.groupby("study_id").study_uid.nunique().eq(1).all()
     assert headers.groupby("series_id").series_uid.nunique().eq(1).all()
     assert headers.series_uid.nunique() == headers.series_id.nunique()
-    for df in (headers[headers.description != AXIAL_T2], headers[headers.description == AXIAL_T2]):
-        assert df.spacing.map(lambda s: s[0]).between(0.3, 3.0).all()
+    spacing = headers.spacing.map(lambda s: s[0])
+    assert spacing.between(0.75, 4.0).all() and spacing.nunique() > 10  # small: 96-192 px over 160-440 mm
     rows_, cols_ = np.stack(headers.row_dir), np.stack(headers.col_dir)  # oblique cosines kept orthonormal
     assert np.abs(np.linalg.norm(rows_, axis=1) - 1).max() < 1e-10
     assert np.abs(np.linalg.norm(cols_, axis=1) - 1).max() < 1e-10
     assert np.abs(np.einsum("ij,ij->i", rows_, cols_)).max() < 1e-10
     sag = headers[headers.description != AXIAL_T2]
-    assert sag.groupby("series_id").size().between(15, 20).all()
+    assert sag.groupby("series_id").size().between(13, 25).all()
     assert sag.gap.between(3.0, 4.5).all() and (sag.thickness <= sag.gap).all()
+    assert headers.groupby("series_id").rows.median().nunique() >= 3  # matrix sizes vary between series
 
 
 def test_coordinates_round_trip_to_true_landmarks(phantom_dir, headers):
@@ -149,23 +150,77 @@ def test_landmarks_cover_every_study_structure_and_level(phantom_dir):
     assert (np.diff(z.to_numpy(), axis=1) < -20).all()  # L1/L2 above L2/L3 above ... L5/S1 (LPS +z is head)
 
 
-def test_display_conventions_of_the_series(headers):
-    """Sagittal: anterior on the image left, head up; axial: patient right on the image left, anterior up."""
-    sag = headers[headers.description != AXIAL_T2]
-    assert (np.stack(sag.row_dir)[:, 1] > 0.9).all()  # columns run posterior
-    assert (np.stack(sag.col_dir)[:, 2] < -0.9).all()  # rows run inferior
-    ax = headers[headers.description == AXIAL_T2]
-    assert (np.stack(ax.row_dir)[:, 0] > 0.9).all()  # columns run toward patient left
-    assert (np.stack(ax.col_dir)[:, 1] > 0.9).all()  # rows run posterior
-    assert (np.abs(np.stack(sag.row_dir)[:, 2]) > 1e-4).any()  # stacks are oblique, not axis-aligned
+_OPPOSITE = {"left": "right", "posterior": "anterior", "superior": "inferior"}
+_OPPOSITE.update({v: k for k, v in _OPPOSITE.items()})
+_LPS = {"left": (0, 1), "right": (0, -1), "posterior": (1, 1), "anterior": (1, -1), "superior": (2, 1),
+        "inferior": (2, -1)}
 
 
-def test_axial_coordinates_put_patient_left_on_the_image_right(phantom_dir):
+def _toward(v: np.ndarray) -> str:
+    axis = int(np.argmax(np.abs(v)))
+    return next(name for name, (a, sign) in _LPS.items() if a == axis and sign == np.sign(v[axis]))
+
+
+@pytest.fixture(scope="module")
+def orientations(phantom_dir) -> dict[int, dict]:
+    """series_id -> the series' record in phantom/studies.json (role, orientation, ...)."""
+    studies = json.loads((phantom_dir / "phantom" / "studies.json").read_text())
+    return {s["series_id"]: s for st in studies for s in st["series"]}
+
+
+def test_recorded_orientation_matches_the_headers(headers, orientations):
+    """Each series' orientation record in studies.json agrees with its files: the directions image x and y run
+    toward, and the stack order by InstanceNumber (right/left for sagittal, head/foot for axial)."""
+    for series_id, df in headers.groupby("series_id"):
+        record = orientations[series_id]["orientation"]
+        assert {_toward(v) for v in df.row_dir} == {record["x_toward"]}, series_id
+        assert {_toward(v) for v in df.col_dir} == {record["y_toward"]}, series_id
+        sagittal = df.description.iloc[0] != AXIAL_T2
+        standard = ("posterior", "inferior") if sagittal else ("left", "posterior")
+        x, y = (standard[1], standard[0]) if record["transposed"] else standard
+        x = _OPPOSITE[x] if record["flipped_rows"] else x
+        y = _OPPOSITE[y] if record["flipped_columns"] else y
+        assert (record["x_toward"], record["y_toward"]) == (x, y), (series_id, record)
+        ends = df.sort_values("instance").iloc[[0, -1]]
+        centres = [r.position + (r.cols - 1) / 2 * r.spacing[1] * r.row_dir + (r.rows - 1) / 2 * r.spacing[0]
+                   * r.col_dir for r in ends.itertuples()]
+        step = centres[1] - centres[0]
+        if sagittal:  # LPS: +x is patient left, +z is head
+            assert record["stack_order"] == ("right_to_left" if step[0] > 0 else "left_to_right"), series_id
+        else:
+            assert record["stack_order"] == ("foot_to_head" if step[2] > 0 else "head_to_foot"), series_id
+        assert record["reversed_stack"] == (record["stack_order"] in ("left_to_right", "foot_to_head"))
+
+
+def test_every_orientation_variant_is_in_the_test_phantom(phantom_dir, orientations):
+    """TEST_QUIRKS (ensure_each) gives the round-trip tests every variant on a labelled sagittal and axial series,
+    and both stack orders of each plane."""
+    labelled = set(_csv(phantom_dir, "train_label_coordinates.csv").series_id)
+    records = [(s["role"].startswith("sag"), s["orientation"]) for sid, s in orientations.items() if sid in labelled]
+    for kind in ("reversed_stack", "flipped_rows", "flipped_columns", "transposed"):
+        for sagittal in (True, False):
+            assert any(o[kind] for sag, o in records if sag == sagittal), (kind, sagittal)
+    orders = {o["stack_order"] for _, o in records}
+    assert orders == {"right_to_left", "left_to_right", "head_to_foot", "foot_to_head"}
+    plain = [o for _, o in records if not (o["flipped_rows"] or o["flipped_columns"] or o["transposed"])]
+    assert {(o["x_toward"], o["y_toward"]) for o in plain} == {("posterior", "inferior"), ("left", "posterior")}
+
+
+def test_axial_coordinates_put_patient_left_where_the_series_says(phantom_dir, orientations):
+    """On every axial series, the left subarticular point lies further toward the image axis' "left" end:
+    on the image right for the standard view, on the image left when mirrored, along y when transposed."""
     coords = _csv(phantom_dir, "train_label_coordinates.csv")
     sub = coords[coords.condition.str.endswith("Subarticular Stenosis")]
-    wide = sub.pivot_table(index=["study_id", "level"], columns="condition", values="x").dropna()
-    assert len(wide) > 20
-    assert (wide["Left Subarticular Stenosis"] > wide["Right Subarticular Stenosis"]).all()
+    checked = set()
+    for axis in ("x", "y"):
+        wide = sub.pivot_table(index=["study_id", "series_id", "level"], columns="condition", values=axis).dropna()
+        for (_, series_id, _), r in wide.iterrows():
+            toward = orientations[series_id]["orientation"][f"{axis}_toward"]
+            if toward in ("left", "right"):
+                sign = 1 if toward == "left" else -1
+                assert sign * (r["Left Subarticular Stenosis"] - r["Right Subarticular Stenosis"]) > 0, series_id
+                checked.add((series_id, toward, axis))
+    assert len(checked) >= 4 and {t for _, t, _ in checked} == {"left", "right"}
 
 
 def test_quirks_of_the_real_data_are_present(phantom_dir, headers):
@@ -195,7 +250,7 @@ def test_rescaled_series_store_the_same_signal_range(phantom_dir, headers):
         ds = pydicom.dcmread(path)
         assert float(ds.RescaleSlope) == slope and float(ds.RescaleIntercept) == intercept
         stored = ds.pixel_array.astype(float)
-        assert 200 < np.percentile(stored * slope + intercept, 99) < 6000  # the unit signal maps to 500-2500
+        assert 100 < np.percentile(stored * slope + intercept, 99) < 30000  # the unit signal maps to 300-12000
 
 
 def test_phantom_passes_the_validator(phantom_dir):
@@ -241,5 +296,5 @@ def test_cli_synth_writes_dataset_and_preview(tmp_path):
     import matplotlib.image
 
     img = matplotlib.image.imread(png)
-    assert img.shape[1] > 2 * img.shape[0] and img.std() > 0.05  # a wide montage with content
+    assert img.shape[1] > 0.5 * img.shape[0] and img.std() > 0.05  # a montage with content: 2 studies x 3 rows
     assert main(["synth", "--out", str(out), "--studies", "2"]) == 2  # refuses to overwrite

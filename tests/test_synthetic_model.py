@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pandas as pd
@@ -13,9 +13,16 @@ from rsna2024.constants import CONDITION_SERIES, CONDITIONS, LABELS, LEVELS, REA
 from rsna2024.synthetic.anatomy import DISC_INDEX, NARROWING_RANGES, rotation_matrix, sample_anatomy
 from rsna2024.synthetic.generate import PRIMARY_ROLE
 from rsna2024.synthetic.labels import MISSING, class_frequencies, labels_frame, mask_missing, sample_classes
-from rsna2024.synthetic.quirks import TEST_QUIRKS, QuirkRates, StudyQuirks, draw_quirks
-from rsna2024.synthetic.render import CSF, FAT, NERVE, Appearance, render_slice, tissue_map
-from rsna2024.synthetic.series import SIZES, SlicePlan, plan_series
+from rsna2024.synthetic.quirks import ORIENTATION_KINDS, TEST_QUIRKS, QuirkRates, StudyQuirks, draw_quirks
+from rsna2024.synthetic.render import CSF, FAT, NERVE, Appearance, render_slice, tissue_map, upsample2
+from rsna2024.synthetic.series import SIZES, SlicePlan, orient, plan_series
+from rsna2024.synthetic.spread import (
+    guess_errors,
+    mean_position_guess,
+    planned_coordinates,
+    series_type,
+    spread_table,
+)
 
 ALL_NORMAL = np.zeros(len(TARGET_COLUMNS), dtype=int)
 
@@ -158,6 +165,18 @@ def test_slice_plan_geometry_hand_computed():
     assert pts.shape == (16, 3) and np.allclose(pts[0], sl.position) and np.allclose(pts[5], [0.0, -1.0, 1.0])
     g = sl.geometry()
     assert tuple(g.spacing) == (2.0, 2.0) and g.spacing_between_slices == 3.5
+    assert np.allclose(sl.to_patient(2.0, 2.0), [0.0, 1.0, -1.0])
+    assert np.allclose(sl.to_patient(np.array([0.0, 1.0]), np.zeros(2)), [[0.0, -3.0, 3.0], [0.0, -1.0, 3.0]])
+
+
+def test_upsample2_keeps_pixel_centres_aligned():
+    """Fine pixel j lies at coarse coordinate (j - 0.5) / 2: a linear ramp stays a ramp, clamped at the edges."""
+    ramp = np.tile(np.arange(5.0), (3, 1))
+    up = upsample2(ramp)
+    assert up.shape == (6, 10)
+    assert np.allclose(up[0], np.clip((np.arange(10) - 0.5) / 2, 0, 4))
+    assert np.allclose(up[:, 4], 1.75)  # constant along the other axis
+    assert np.allclose(upsample2(ramp.T), up.T)
 
 
 @pytest.mark.parametrize("size", ["small", "full"])
@@ -176,16 +195,123 @@ def test_every_landmark_falls_inside_its_series(size):
                 assert dist <= sl.gap / 2 + 1e-9, (seed, cond, level, dist)
 
 
-def test_full_size_matches_real_acquisitions():
-    anat = _anatomy(1)
+@pytest.mark.parametrize("size", ["small", "full"])
+def test_sizes_match_real_acquisitions(size):
+    """Matrices, pixel spacing, slice counts and gaps vary per series within real-like ranges."""
+    spec = SIZES[size]
     rng = np.random.default_rng(2)
-    for _ in range(10):
-        plans = plan_series(anat, rng, SIZES["full"], dict(sag_t1=1, sag_t2=2, axial=3), StudyQuirks())
-        for p in plans:
+    matrices, spacings, sag_counts = [], [], []
+    for seed in range(20):
+        anat = _anatomy(seed)
+        for p in plan_series(anat, rng, spec, dict(sag_t1=1, sag_t2=2, axial=3), StudyQuirks()):
             sl = p.slices[0]
-            assert 384 <= sl.rows <= 512
+            assert sl.rows == sl.cols and sl.rows in spec.matrices
+            matrices.append(sl.rows)
+            spacings.append(sl.pixel)
             if p.role.startswith("sag"):
-                assert 15 <= len(p.slices) <= 20 and 0.5 <= sl.pixel <= 0.9 and 3.0 <= sl.gap <= 4.5
+                sag_counts.append(len(p.slices))
+                assert 3.0 <= sl.gap <= 4.8 and 2.2 <= sl.thickness <= sl.gap
+    lo, hi = (384, 1024) if size == "full" else (96, 192)
+    assert min(matrices) >= lo and max(matrices) <= hi and len(set(matrices)) >= 4
+    assert np.mean(np.array(matrices) <= (640 if size == "full" else 160)) > 0.6  # mostly the common sizes
+    assert max(spacings) / min(spacings) > 1.8  # pixel spacing varies
+    bounds = (0.15, 1.0) if size == "full" else (0.75, 4.0)
+    assert bounds[0] <= min(spacings) and max(spacings) <= bounds[1]
+    assert len(set(sag_counts)) >= 3 and min(sag_counts) >= spec.sag_slices[0]
+
+
+def test_small_size_stays_cheap():
+    """The small size's pixels per study stay near those of a fixed 128 px matrix (it drives test speed)."""
+    spec = SIZES["small"]
+    mean_pixels = np.dot(np.square(spec.matrices), spec.matrix_weights)
+    assert mean_pixels < 1.25 * 128**2
+
+
+def test_label_positions_spread_over_the_image():
+    """Over 30 planned studies, every condition and level's label points spread over the image on both axes,
+    and the constant mean-position answer misses by centimetres."""
+    coords, planes = planned_coordinates(30, "small", seed=1)
+    table = spread_table(coords)
+    assert len(table) == len(CONDITIONS) * len(LEVELS)
+    assert (table.min() > 0.07).all(), table  # real data: about 0.15; the old phantom: 0.02
+    assert (table.median() > 0.11).all(), table
+    errors = guess_errors(coords, lambda i, x, y: planes[i].to_patient(x, y))
+    assert np.median(errors) > 15.0
+    for kind, part in coords.assign(error=errors).groupby(series_type(coords)):
+        assert part.error.median() > 15.0, kind
+
+
+def test_mean_position_guess_hand_computed():
+    coords = pd.DataFrame({"condition": ["A", "A", "B"], "level": ["L1/L2"] * 3, "x": [10.0, 90.0, 5.0],
+                           "y": [20.0, 20.0, 7.0], "rows": [100, 200, 50], "cols": [100, 100, 50]})
+    guess = mean_position_guess(coords)  # A: mean x/cols = 0.5, mean y/rows = (0.2 + 0.1) / 2
+    assert np.allclose(guess.x, [50.0, 50.0, 5.0]) and np.allclose(guess.y, [15.0, 30.0, 7.0])
+    table = spread_table(coords)
+    assert table.loc[("A", "L1/L2"), "x"] == pytest.approx(np.std([0.1, 0.9], ddof=1))
+    errors = guess_errors(coords, lambda i, x, y: np.array([x, y, 0.0]) * 2.0)  # 2 mm pixels
+    assert np.allclose(errors, [2 * np.hypot(40, 5), 2 * np.hypot(40, 10), 0.0])
+
+
+# ---------------------------------------------------------------- orientation variants
+def _standard_plans(seed: int, size: str = "small"):
+    anat = _anatomy(seed)
+    return anat, {p.role: p for p in plan_series(anat, np.random.default_rng(seed), SIZES[size],
+                                                 dict(sag_t1=1, sag_t2=2, axial=3), StudyQuirks())}
+
+
+def test_orient_stores_the_same_plane_mirrored_flipped_or_transposed():
+    _, plans = _standard_plans(0)
+    for role in ("sag_t2", "axial"):
+        sl = plans[role].slices[1]
+        grid = sl.points().reshape(sl.rows, sl.cols, 3)
+        cases = {(True, False, False): grid[:, ::-1], (False, True, False): grid[::-1],
+                 (True, True, False): grid[::-1, ::-1], (False, False, True): grid.transpose(1, 0, 2),
+                 (True, False, True): grid.transpose(1, 0, 2)[:, ::-1]}
+        for flags, expected in cases.items():
+            other = orient(sl, *flags)
+            assert np.allclose(other.points().reshape(other.rows, other.cols, 3), expected, atol=1e-9), flags
+            assert np.allclose(other.centre, sl.centre)
+        standard = plans[role].orientation()
+        assert (standard["x_toward"], standard["y_toward"]) == \
+            (("posterior", "inferior") if role == "sag_t2" else ("left", "posterior"))
+
+
+@pytest.mark.parametrize("kind", ORIENTATION_KINDS)
+def test_every_orientation_variant_keeps_labels_on_their_landmarks(kind):
+    """With a variant forced on every series: recorded directions follow it, and each label maps back to its
+    true landmark within half a pixel in the plane and half a gap across it."""
+    quirks = StudyQuirks(**{kind: ("sag_t1", "sag_t2", "axial")})
+    expected_x = {"sag_t1": "posterior", "sag_t2": "posterior", "axial": "left"}
+    expected_y = {"sag_t1": "inferior", "sag_t2": "inferior", "axial": "posterior"}
+    flip = {"posterior": "anterior", "inferior": "superior", "left": "right"}
+    for seed in range(6):
+        anat = _anatomy(seed, np.random.default_rng(seed).integers(0, 3, len(TARGET_COLUMNS)))
+        plans = plan_series(anat, np.random.default_rng(seed), SIZES["small"], dict(sag_t1=1, sag_t2=2, axial=3),
+                            quirks)
+        for plan in plans:
+            record = plan.orientation()
+            assert record[kind] and sum(record[k] for k in ORIENTATION_KINDS) == 1
+            x, y = expected_x[plan.role], expected_y[plan.role]
+            if kind == "transposed":
+                x, y = y, x
+            x = flip[x] if kind == "flipped_rows" else x
+            y = flip[y] if kind == "flipped_columns" else y
+            assert (record["x_toward"], record["y_toward"]) == (x, y), (plan.role, record)
+            sagittal = plan.role.startswith("sag")
+            along = np.array([sl.centre for sl in plan.slices])[:, 0 if sagittal else 2]  # LPS: +left, +head
+            # canonical order: sagittal right to left (along grows), axial head to foot (along shrinks)
+            assert (along[-1] > along[0]) == (sagittal != (kind == "reversed_stack")), (plan.role, record)
+            assert record["stack_order"] == ("right_to_left" if along[-1] > along[0] else "left_to_right") \
+                if sagittal else ("foot_to_head" if along[-1] > along[0] else "head_to_foot")
+        for cond in CONDITIONS:
+            plan = next(p for p in plans if p.role == PRIMARY_ROLE[CONDITION_SERIES[cond]])
+            for level in LEVELS:
+                true = anat.landmark(cond, level)
+                sl, x, y, dist = plan.nearest_slice(true)
+                assert 0 <= x <= sl.cols - 1 and 0 <= y <= sl.rows - 1 and dist <= sl.gap / 2 + 1e-9
+                diff = true - sl.to_patient(x, y)
+                assert abs(diff @ sl.normal) == pytest.approx(dist)
+                assert np.linalg.norm(diff - (diff @ sl.normal) * sl.normal) < 1e-6
 
 
 # ---------------------------------------------------------------- quirks
@@ -200,14 +326,31 @@ def test_quirk_rates_are_checked_and_ensure_each_forces_every_kind():
     assert all(q.missing_series is None for q in forced[8:])  # test studies keep all series
     for q in forced:
         assert set(q.instance_offset) | set(q.rescale) | set(q.shuffled_instances) <= set(q.roles())
-    none = draw_quirks(np.random.default_rng(0), splits, QuirkRates(0, 0, 0, 0, 0, 0, ensure_each=True))
+    zero = {f.name: 0.0 for f in fields(QuirkRates) if f.name != "ensure_each"}
+    none = draw_quirks(np.random.default_rng(0), splits, QuirkRates(**zero, ensure_each=True))
     assert all(q == StudyQuirks() for q in none)
+
+
+def test_test_quirks_put_every_orientation_variant_on_both_planes():
+    """ensure_each forces each orientation kind onto a sagittal and an axial series of the training studies,
+    and the standard orientation stays common."""
+    splits = ["train"] * 8 + ["test"] * 2
+    for rates in (TEST_QUIRKS, replace(TEST_QUIRKS, **{k: 1e-9 for k in ORIENTATION_KINDS})):
+        quirks = draw_quirks(np.random.default_rng(0), splits, rates)
+        for kind in ORIENTATION_KINDS:
+            for plane in ("sagittal", "axial"):
+                assert any(q.shows(kind, plane) for q in quirks[:8]), (kind, plane)
+        for q in quirks:
+            for kind in ORIENTATION_KINDS:
+                assert set(getattr(q, kind)) <= set(q.roles())
+    plain = sum(not any(r in getattr(q, k) for k in ORIENTATION_KINDS[1:]) for q in quirks for r in q.roles())
+    assert plain > 0.5 * sum(len(q.roles()) for q in quirks)
 
 
 # ---------------------------------------------------------------- learnability
 def _box(img: np.ndarray, x: float, y: float, r: int) -> float:
     x, y = int(round(x)), int(round(y))
-    return float(img[y - r:y + r + 1, x - r:x + r + 1].mean())
+    return float(img[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1].mean())  # clipped at the image border
 
 
 def learnability_stats(n_studies: int = 24, seed: int = 0) -> dict[str, list[np.ndarray]]:

@@ -71,7 +71,10 @@ class Anatomy:
 
     def to_local(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patient points (N, 3) -> curve coordinates ``(w, u, s)``, each (N,)."""
-        q = self.to_body(points)
+        return self.body_to_local(self.to_body(points))
+
+    def body_to_local(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Body-frame points (N, 3) -> curve coordinates ``(w, u, s)``, each (N,)."""
         dy = self.radius - q[:, 1]  # centre of curvature at (Y, Z) = (radius, 0)
         dz = q[:, 2]
         d = np.hypot(dy, dz)
@@ -134,11 +137,11 @@ class Anatomy:
 def sample_anatomy(rng: np.random.Generator, classes: np.ndarray) -> Anatomy:
     """Draw a study's anatomy; ``classes`` is the (25,) true class index per ``TARGET_COLUMNS``."""
     classes = np.asarray(classes).reshape(len(CONDITIONS), len(LEVELS))
-    scale = rng.uniform(0.9, 1.1)
-    disc_h = scale * rng.uniform(8.0, 11.0, len(DISC_ORDER))
+    scale = rng.uniform(0.85, 1.15)
+    disc_h = scale * rng.uniform(7.5, 12.0, len(DISC_ORDER))
     disc_h[0] *= 0.85
     disc_h[5:] *= 0.75
-    body_h = scale * rng.uniform(24.0, 29.0, len(DISC_ORDER) + 1)  # S1, L5, ..., T12, T11
+    body_h = scale * rng.uniform(23.0, 30.0, len(DISC_ORDER) + 1)  # S1, L5, ..., T12, T11
     disc_s = np.empty(len(DISC_ORDER))
     cursor = 0.0  # top of S1
     for k in range(len(DISC_ORDER)):
@@ -159,10 +162,11 @@ def sample_anatomy(rng: np.random.Generator, classes: np.ndarray) -> Anatomy:
             frac[DISC_INDEX[level]] = rng.uniform(*NARROWING_RANGES[int(classes[ci, li])])
         narrowing[cond] = frac
     trunk_ap = scale * rng.uniform(115.0, 135.0)
-    pose = rotation_matrix(rng.uniform(-8, 8), rng.uniform(-4, 4), rng.uniform(-5, 5))
+    # sagittal tilt (pitch) mostly a few degrees, up to 15; coronal tilt (roll) and twist (yaw) smaller
+    pose = rotation_matrix(np.clip(rng.normal(0, 6), -15, 15), rng.uniform(-5, 5), rng.uniform(-6, 6))
     shift = np.array([rng.uniform(-15, 15), rng.uniform(0, 40), rng.uniform(-80, -20)])
     return Anatomy(
-        rotation=pose, shift=shift, radius=rng.uniform(260.0, 420.0), disc_s=disc_s, disc_h=disc_h,
+        rotation=pose, shift=shift, radius=rng.uniform(220.0, 560.0), disc_s=disc_s, disc_h=disc_h,
         column_s=column_s, body_w=body_w, body_ap=body_ap, canal_w=canal_w, canal_ap=canal_ap,
         canal_u=canal_u, foramen_w=canal_w + scale * (3.0 + 0.9 * (4 - np.arange(len(DISC_ORDER)))),
         foramen_u=canal_u - 0.15 * canal_ap,

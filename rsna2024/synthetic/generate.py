@@ -33,7 +33,7 @@ from rsna2024.synthetic.anatomy import Anatomy, sample_anatomy
 from rsna2024.synthetic.dicom_writer import write_mr_slice
 from rsna2024.synthetic.labels import MISSING, labels_frame, mask_missing, sample_classes
 from rsna2024.synthetic.quirks import SERIES_ROLES, QuirkRates, StudyQuirks, draw_quirks
-from rsna2024.synthetic.render import Appearance, render_slice
+from rsna2024.synthetic.render import Appearance, render_plane
 from rsna2024.synthetic.series import SIZES, SeriesPlan, plan_series
 from rsna2024.utils.io import atomic_to_csv, atomic_write_text, check_overwrite
 from rsna2024.utils.logging import get_logger
@@ -98,9 +98,9 @@ def plan_dataset(studies: int, test_studies: int, seed: int, quirks: QuirkRates 
 def _write_series(plan: SeriesPlan, anat: Anatomy, look: Appearance, rng: np.random.Generator, folder: Path,
                   study_id: int) -> None:
     for sl in plan.slices:
-        img = render_slice(anat, look, sl.points(), (sl.rows, sl.cols), plan.contrast, plan.scale, rng)
-        if plan.rescale is not None:
-            img = img / plan.rescale[0] - plan.rescale[1]
+        img = render_plane(anat, look, sl, plan.contrast, plan.scale, rng) + plan.offset
+        if plan.rescale is not None:  # stored values map back through RescaleSlope and RescaleIntercept
+            img = (img - plan.rescale[1]) / plan.rescale[0]
         write_mr_slice(folder / f"{sl.instance_number}.dcm", np.clip(np.rint(img), 0, 65535), sl.geometry(),
                        instance_number=sl.instance_number, series_description=plan.description, study_id=study_id,
                        series_id=plan.series_id, rescale=plan.rescale)
@@ -121,20 +121,35 @@ def coordinate_rows(spec: StudySpec, anat: Anatomy, plans: list[SeriesPlan]) -> 
     return rows
 
 
-def write_study(spec: StudySpec, out: Path, size: str) -> StudyResult:
-    """Render and write one study's DICOM series; return its table rows."""
+def series_parameters(plan: SeriesPlan) -> dict:
+    """JSON-friendly summary of a series (for ``phantom/studies.json``), its orientation variant included."""
+    first = plan.slices[0]
+    return {"series_id": plan.series_id, "role": plan.role, "description": plan.description,
+            "slices": len(plan.slices), "rows": first.rows, "columns": first.cols,
+            "pixel_spacing": round(first.pixel, 5), "slice_gap": round(first.gap, 4),
+            "thickness": round(first.thickness, 4), "rescale": plan.rescale, "contrast": plan.contrast,
+            "intensity": {"scale": round(plan.scale, 3), "offset": round(plan.offset, 3)},
+            "orientation": plan.orientation()}
+
+
+def plan_study(spec: StudySpec, size: str) -> tuple[Anatomy, Appearance, list[SeriesPlan], np.random.Generator]:
+    """A study's anatomy, appearance and series plans (nothing rendered), and the generator rendering goes on with."""
     rng = np.random.default_rng(spec.seed)
     anat = sample_anatomy(rng, np.array(spec.classes))
     look = Appearance.sample(rng, anat.to_patient(0.0, 0.0, 0.0))
-    plans = plan_series(anat, rng, SIZES[size], spec.series_ids, spec.quirks)
+    return anat, look, plan_series(anat, rng, SIZES[size], spec.series_ids, spec.quirks), rng
+
+
+def write_study(spec: StudySpec, out: Path, size: str) -> StudyResult:
+    """Render and write one study's DICOM series; return its table rows."""
+    anat, look, plans, rng = plan_study(spec, size)
     study_dir = Path(out) / f"{spec.split}_images" / str(spec.study_id)
     for plan in plans:
         _write_series(plan, anat, look, rng, study_dir / str(plan.series_id), spec.study_id)
     landmarks = [(spec.study_id, st, lv, *np.round(p, 4)) for (st, lv), p in anat.landmarks().items()]
     params = {"study_id": spec.study_id, "split": spec.split, "quirks": asdict(spec.quirks),
               "anatomy": anat.parameters(),
-              "series": [{"series_id": p.series_id, "role": p.role, "description": p.description,
-                          "slices": len(p.slices), "rescale": p.rescale, "contrast": p.contrast} for p in plans]}
+              "series": [series_parameters(p) for p in plans]}
     return StudyResult(
         series_rows=[(spec.study_id, p.series_id, p.description) for p in plans],
         coord_rows=coordinate_rows(spec, anat, plans) if spec.split == "train" else [],
@@ -166,7 +181,7 @@ def generate_dataset(out: str | Path, studies: int = 20, test_studies: int = 2, 
     """Write a phantom dataset into ``out`` and return ``out``.
 
     ``quirks`` overrides the real-life quirk rates (default :class:`QuirkRates`); ``preview`` draws
-    a montage of the first training study to that PNG.
+    a montage of the first four training studies to that PNG.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)}")
