@@ -19,3 +19,7 @@ class DicomError(RsnaError):
 
 class OutputError(RsnaError):
     """A file or folder the kit must write cannot be written (read-only folder, a file in the way, ...)."""
+
+
+class ConfigError(RsnaError, ValueError):
+    """An experiment config, model name or task name is invalid (unknown key, wrong type, missing weights)."""
