@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rsna2024.utils.command import (
     existing_dir,
@@ -164,6 +165,30 @@ def _run_train(args):
               f"at epoch {result.best_epoch + 1} ({result.run_dir})")
 
 
+# --------------------------------------------------------------------------- compare
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="rank runs on the same folds: prior, seed baselines S0-S3, the split and "
+                       "global families and their ensemble (score, its terms, accuracy, macro F1)")
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder whose train.csv holds the labels")
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders (runs/<experiment>) holding config.yaml and OOF files")
+    p.add_argument("--folds", type=existing_file, default=None, help="default: <data>/folds.csv")
+    p.add_argument("--points", choices=["predicted", "true"], default="predicted",
+                   help="which OOF files: on stage 1's predicted points (oof*.csv) or the true ones")
+    p.add_argument("--out", type=writable_dir, default=None,
+                   help="folder for compare.csv, compare.md and the confusion PNGs (default: <runs' parent>/compare)")
+    return p
+
+
+def _run_compare(args):
+    from rsna2024.baselines.compare import CSV_FILE, compare_runs, format_markdown
+
+    out = args.out if args.out is not None else args.runs[0].absolute().parent / "compare"
+    table = compare_runs(args.data, args.runs, out_dir=out, folds_file=args.folds, points=args.points)
+    print(format_markdown(table), end="")
+    print(f"table and confusion matrices written to {out} ({CSV_FILE}, ...)")
+
+
 COMMANDS = {
     "synth": (_add_synth, _run_synth),
     "validate": (_add_validate, _run_validate),
@@ -172,6 +197,7 @@ COMMANDS = {
     "score": (_add_score, _run_score),
     "preprocess": (_add_preprocess, _run_preprocess),
     "train": (_add_train, _run_train),
+    "compare": (_add_compare, _run_compare),
 }
 
 
