@@ -329,3 +329,24 @@ def test_demo_baseline_trains_a_fold_and_writes_oof_files(config, phantom_dir, p
     # with the points (S1's nearest Sagittal T1 slice may or may not change)
     if cfg.task in ("s0_image_classifier", "s2_level_embedding", "s3_coordinate_resnet"):
         assert same == (cfg.task != "s3_coordinate_resnet")
+
+
+def test_unlabelled_test_studies_get_every_target_row(phantom_dir, phantom_cache):
+    """A test study (not in train.csv) gets all 25 target rows, each unlabelled, so a test-time dataset can be
+    built from stage 1's predicted points; without points it has no sample and its rows fall back to the prior."""
+    from rsna2024.data.contract import load_series_descriptions
+    from rsna2024.training.task import FoldContext, create_task
+
+    cfg = load_config(DEMO / "s0_efficientnetv2_s.yaml", ["folds=2", "device=cpu"])
+    wide = load_labels_wide(phantom_dir)
+    folds = assign_folds(wide["study_id"], np.zeros(len(wide)), n_folds=2, seed=1)
+    task = create_task(cfg)
+    task._setup(FoldContext(cfg=cfg, data_dir=phantom_dir, cache_root=phantom_cache.parent, folds=folds, fold=0,
+                            run_dir=phantom_dir / "unused", device=torch.device("cpu"), task=task))
+    test_ids = sorted(load_series_descriptions(phantom_dir, "test")["study_id"].unique())
+    samples = task.samples([*test_ids, int(wide["study_id"].iloc[0])], "true")
+    test_rows = samples[samples["study_id"].isin(test_ids)]
+    assert len(test_rows) == 25 * len(test_ids) and (test_rows["label"] == -1).all()
+    assert sorted(test_rows["row_id"]) == sorted(r for s in test_ids for r in study_row_ids(s))
+    assert (samples.loc[~samples["study_id"].isin(test_ids), "label"] >= 0).any()
+    assert len(task.dataset(test_ids, "true")) == 0  # no points for them in the label file

@@ -5,4 +5,4 @@ the seed baselines see, by documented rules), :mod:`~rsna2024.baselines.models` 
 :mod:`~rsna2024.baselines.tasks` (the tasks ``s0_image_classifier``, ``s1_condition_cnn``,
 ``s2_level_embedding``, ``s3_coordinate_resnet``) and :mod:`~rsna2024.baselines.compare` (``rsna2024 compare``).
 """
-from rsna2024.baselines import tasks  # noqa: F401  (registers the tasks s0_* .. s3_*)
+from rsna2024.baselines import models, tasks  # noqa: F401  (register the models and tasks s0_* .. s3_*)

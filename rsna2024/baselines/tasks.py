@@ -138,7 +138,8 @@ class BaselineTask(Task):
         self._points: dict[str, pd.DataFrame] = {}
 
     def samples(self, studies, spec: str) -> pd.DataFrame:
-        """Per-target rows of ``studies`` (label and point in mm) on the points ``spec`` names."""
+        """Per-target rows of ``studies`` (label, -1 where missing or for a test study, and the point in mm) on
+        the points ``spec`` names."""
         from rsna2024.classifiers.samples import label_table, load_points, points_in_mm, split_samples
 
         path = points_file(spec, self.ctx)
@@ -147,9 +148,15 @@ class BaselineTask(Task):
                               f"`rsna2024 coords` first, or set data.oof_points: true to predict on the true points")
         if str(path) not in self._points:
             self._points[str(path)] = load_points(path)
+        studies = [int(s) for s in studies]
         table = self._points[str(path)]
-        points = points_in_mm(table[table["study_id"].isin([int(s) for s in studies])], self.store.load)
-        return split_samples(label_table(self.wide, studies), points, self.conditions)
+        points = points_in_mm(table[table["study_id"].isin(studies)], self.store.load)
+        labelled = set(self.wide["study_id"].astype(int))
+        unlabelled = [s for s in studies if s not in labelled]  # test studies
+        labels = label_table(self.wide, studies)
+        if unlabelled:
+            labels = pd.concat([labels, label_table(None, unlabelled)], ignore_index=True)
+        return split_samples(labels, points, self.conditions)
 
     def dataset(self, studies, spec: str, train: bool = False):
         """The dataset of ``studies`` on the points ``spec`` names."""
