@@ -42,9 +42,10 @@ def test_resize_points_follows_pixel_centres():
 def test_decode_of_a_model_like_map_finds_the_peak():
     maps, _ = gaussian_heatmaps([[20.3, 11.7]], (32, 40), 2.5)
     noisy = 0.8 * maps - 0.05  # scaled and shifted below zero away from the peak
-    point, conf = decode_heatmaps(torch.from_numpy(noisy))
-    assert np.abs(point[0] - [20.3, 11.7]).max() < 0.5
-    assert conf[0] == pytest.approx(noisy.max())
+    point, conf = decode_heatmaps(torch.from_numpy(noisy))  # tensors in, tensors out
+    assert isinstance(point, torch.Tensor) and point.shape == (1, 2)
+    assert np.abs(point[0].numpy() - [20.3, 11.7]).max() < 0.5
+    assert conf[0].item() == pytest.approx(noisy.max())
 
 
 def test_missing_and_outside_points_give_empty_masked_maps():

@@ -41,42 +41,42 @@ def gaussian_heatmaps(points, shape: Sequence[int], sigma: float) -> tuple[np.nd
     return maps, present
 
 
-def _subpixel_offset(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:
+def _subpixel_offset(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Vertex of the parabola through the log of three neighbouring values (exact for a Gaussian), in
     [-0.5, 0.5]; 0 where the peak is flat or a neighbour is missing (NaN)."""
-    lv, cv, rv = (np.log(np.maximum(v, _LOG_FLOOR)) for v in (left, centre, right))
+    lv, cv, rv = (torch.log(v.clamp_min(_LOG_FLOOR)) for v in (left, centre, right))
     denom = lv - 2 * cv + rv
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(denom < 0, 0.5 * (lv - rv) / denom, 0.0)
-    off = np.where(np.isfinite(off), off, 0.0)
-    return np.clip(off, -0.5, 0.5)
+    off = torch.where(denom < 0, 0.5 * (lv - rv) / denom, torch.zeros_like(denom))
+    off = torch.where(torch.isfinite(off), off, torch.zeros_like(off))
+    return off.clamp(-0.5, 0.5)
 
 
-def decode_heatmaps(maps) -> tuple[np.ndarray, np.ndarray]:
+def decode_heatmaps(maps):
     """Peak of each map ``(..., rows, cols)``: points ``(..., 2)`` as sub-pixel ``(x, y)`` and confidences
-    ``(...)`` (the peak value).
+    ``(...)`` (the peak value); torch tensors in, tensors out (on their device), else numpy arrays.
 
     The integer argmax is refined per axis by a parabola through the logarithm of the peak and its two
     neighbours (exact for a Gaussian; values below 1e-6 are floored), clipped to half a pixel.
     """
-    if isinstance(maps, torch.Tensor):
-        maps = maps.detach().float().cpu().numpy()
-    m = np.asarray(maps, dtype=np.float64)
+    as_numpy = not isinstance(maps, torch.Tensor)
+    m = torch.from_numpy(np.asarray(maps, dtype=np.float64)) if as_numpy else maps.detach().float()
     lead, (rows, cols) = m.shape[:-2], m.shape[-2:]
     flat = m.reshape(-1, rows, cols)
-    idx = flat.reshape(len(flat), -1).argmax(axis=1)
-    iy, ix = np.divmod(idx, cols)
-    n = np.arange(len(flat))
+    idx = flat.flatten(1).argmax(dim=1)
+    iy, ix = idx // cols, idx % cols
+    n = torch.arange(len(flat), device=flat.device)
     peak = flat[n, iy, ix]
 
     def at(y, x):
         inside = (y >= 0) & (y < rows) & (x >= 0) & (x < cols)
-        return np.where(inside, flat[n, np.clip(y, 0, rows - 1), np.clip(x, 0, cols - 1)], np.nan)
+        values = flat[n, y.clamp(0, rows - 1), x.clamp(0, cols - 1)]
+        return torch.where(inside, values, torch.full_like(values, float("nan")))
 
     dx = _subpixel_offset(at(iy, ix - 1), peak, at(iy, ix + 1))
     dy = _subpixel_offset(at(iy - 1, ix), peak, at(iy + 1, ix))
-    points = np.stack([ix + dx, iy + dy], axis=-1).reshape(*lead, 2)
-    return points, peak.reshape(lead)
+    points = torch.stack([ix + dx, iy + dy], dim=-1).reshape(*lead, 2)
+    peak = peak.reshape(lead)
+    return (points.numpy(), peak.numpy()) if as_numpy else (points, peak)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class Sample:
     centre: int
     targets: tuple[tuple[str, str], ...]
     points: np.ndarray = field(compare=False)
+    truth_mm: np.ndarray = field(compare=False)  # (K, 3) true patient points (mm), NaN where unknown
     distance_mm: float = 0.0  # axial: distance of the level point from the centre slice's plane
 
     @property
@@ -78,10 +79,11 @@ def _centre_points(series: Series, centre: int, targets, points_mm: Mapping) -> 
 
 
 def _sample(series: Series, kind: str, centre: int, n_slices: int, targets, points_mm, distance_mm=0.0) -> Sample:
+    truth = np.array([points_mm.get(t, (np.nan,) * 3) for t in targets], dtype=np.float64).reshape(len(targets), 3)
     return Sample(study_id=int(series.study_id), series_id=int(series.series_id), kind=kind,
                   slices=tuple(int(i) for i in slice_window(series, centre, n_slices)), centre=int(centre),
                   targets=tuple(targets), points=_centre_points(series, centre, targets, points_mm),
-                  distance_mm=float(distance_mm))
+                  truth_mm=truth, distance_mm=float(distance_mm))
 
 
 def sagt2_samples(series: Series, n_slices: int = 5, points_mm: Mapping | None = None) -> list[Sample]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from rsna2024.constants import SERIES_TYPES
-from rsna2024.dicom.cache import load_cache_index, load_cached_series
+from rsna2024.dicom.cache import CacheParams, cache_dir, default_cache_root, load_cache_index, load_cached_series
 from rsna2024.dicom.series import Series
 from rsna2024.errors import RsnaError
 
@@ -74,6 +74,15 @@ class StudySeries:
         state = self.__dict__.copy()
         state["_loaded"] = OrderedDict()
         return state
+
+
+def resolve_cache(data_dir: str | Path, cache: str | Path | None = None) -> Path:
+    """The cache folder to read: ``cache`` itself when it is a parameter folder (holds ``params.json``), else
+    the default-parameter folder inside the root ``cache`` (default root: beside the data folder)."""
+    if cache is not None and (Path(cache) / "params.json").exists():
+        return Path(cache)
+    root = default_cache_root(data_dir) if cache is None else Path(cache)
+    return cache_dir(root, CacheParams())
 
 
 def require_split_cache(cache: str | Path, split: str) -> None:
