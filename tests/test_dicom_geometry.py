@@ -37,8 +37,10 @@ def _write(folder: Path, slices: list[tuple], shape=(32, 32), spacing=(1.0, 1.0)
     return folder
 
 
-# Oblique sagittal: row (0.6, 0.8, 0), col (0, 0, -1) -> normal (-0.8, 0.6, 0); 7 slices 4 mm apart from
-# (10, -20, 30); instance numbers 101.. run against the slice order.
+# Oblique sagittal: row (0.6, 0.8, 0), col (0, 0, -1) -> normal (-0.8, 0.6, 0) (towards patient right); 7 slices
+# k = 0..6, 4 mm apart from (10, -20, 30) towards the right; instance 107 - k. The canonical order runs from
+# patient right to left, so canonical slice j is k = 6 - j (instances 101..107); the in-plane directions
+# are canonical already (row mostly posterior, column inferior).
 SAG_ROW, SAG_COL, SAG_N = np.array([0.6, 0.8, 0]), np.array([0, 0, -1.0]), np.array([-0.8, 0.6, 0])
 
 
@@ -52,7 +54,8 @@ def oblique_sag(tmp_path):
 
 def test_oblique_sagittal_to_patient_and_back(oblique_sag):
     s = oblique_sag
-    assert s.instance_numbers.tolist() == [107, 106, 105, 104, 103, 102, 101]
+    assert s.instance_numbers.tolist() == [101, 102, 103, 104, 105, 106, 107]
+    assert not s.orientation.flip_x and not s.orientation.flip_y and not s.orientation.transpose
     # instance 105 = slice k=2 at (10,-20,30) + 8*(-0.8,0.6,0) = (3.6,-15.2,30);
     # + 10*0.5*(0.6,0.8,0) + 20*0.5*(0,0,-1) = (6.6, -11.2, 20)
     np.testing.assert_allclose(s.to_patient(105, 10, 20), [6.6, -11.2, 20], atol=1e-9)
@@ -67,9 +70,10 @@ def test_slices_at_mm_offsets_from_the_middle(oblique_sag):
     assert middle_slice_index(s) == 3
     # normal (-0.8, 0.6, 0) points right; flipped towards patient left (+x): (0.8, -0.6, 0)
     np.testing.assert_allclose(lps_oriented_normal(s), [0.8, -0.6, 0])
-    # slice k lies (3 - k) * 4 mm left of the middle: +8.4 mm -> k=1 (8 mm), -8.4 -> k=5, +100 -> k=0
-    assert slices_at_offsets(s, [8.4, -8.4, 0, 100]).tolist() == [1, 5, 3, 0]
-    assert slices_at_offsets(s, [5.0], reference=6).tolist() == [5]  # 4 mm left of k=6 is k=5
+    # slice k lies (3 - k) * 4 mm left of the middle: +8.4 mm -> k=1 (8 mm), -8.4 -> k=5, +100 -> k=0;
+    # canonical index j = 6 - k
+    assert slices_at_offsets(s, [8.4, -8.4, 0, 100]).tolist() == [5, 1, 3, 6]
+    assert slices_at_offsets(s, [5.0], reference=0).tolist() == [1]  # 4 mm left of k=6 (j=0) is k=5 (j=1)
     assert slice_window(s, 1, 5).tolist() == [0, 0, 1, 2, 3]
     assert slice_window(s, 3, 3, step=2).tolist() == [1, 3, 5]
 
@@ -100,11 +104,11 @@ def tilted_axial(tmp_path):
 
 def test_tilted_axial_order_and_per_slice_planes(tilted_axial):
     s = tilted_axial
-    # ordered by image centre along the mean normal (0, 0, 1): B (z -34, -30, -26) then A (z -4, 0, 4)
-    assert s.instance_numbers.tolist() == [70, 71, 72, 50, 51, 52]
-    np.testing.assert_allclose(s.normals[0], B_N)
-    np.testing.assert_allclose(s.normals[3], A_N)
-    np.testing.assert_allclose(s.centers[4], [0, 0, 0], atol=1e-9)
+    # ordered head to foot by image centre along the mean normal: A (z 4, 0, -4) then B (z -26, -30, -34)
+    assert s.instance_numbers.tolist() == [52, 51, 50, 72, 71, 70]
+    np.testing.assert_allclose(s.normals[0], A_N)
+    np.testing.assert_allclose(s.normals[3], B_N)
+    np.testing.assert_allclose(s.centers[1], [0, 0, 0], atol=1e-9)
 
 
 def test_axial_level_assignment_uses_each_slice_plane(tilted_axial):
@@ -121,7 +125,7 @@ def test_axial_level_assignment_uses_each_slice_plane(tilted_axial):
 def test_nearest_axial_slice_over_several_series(tilted_axial, tmp_path):
     far = read_series(_write(tmp_path / "1" / "21", [(1, (-15.5, -15.5, 100.0), ROW, (0, 1, 0))]))
     best = nearest_axial_slice([far, tilted_axial], LEVELS["l3_l4"])
-    assert best[:2] == (1, 4) and best[2] == pytest.approx(0.8)
+    assert best[:2] == (1, 1) and best[2] == pytest.approx(0.8)
     assert nearest_axial_slice([tilted_axial], (0, 0, 200)) is None
 
 
@@ -156,6 +160,6 @@ def test_volume_affine_matches_per_slice_geometry_for_a_regular_stack(oblique_sa
     s = oblique_sag
     # voxel (x=3, y=5, slice 4) -> slice 4's pixel (3, 5); the slice step is 4 mm along the normal
     np.testing.assert_allclose(s.affine @ [3, 5, 4, 1], [*s.pixel_to_patient(4, 3, 5), 1], atol=1e-9)
-    np.testing.assert_allclose(s.affine[:3, 2], 4 * SAG_N, atol=1e-9)
+    np.testing.assert_allclose(s.affine[:3, 2], -4 * SAG_N, atol=1e-9)  # one slice step towards patient left
     with pytest.raises(KeyError, match="no InstanceNumber 999; it has 101..107"):
         s.to_patient(999, 0, 0)

@@ -46,7 +46,7 @@ def test_points_projected_into_the_other_series_stay_on_the_landmark(phantom):
         for other_id in desc.loc[(desc.study_id == r.study_id) & (desc.series_id != r.series_id), "series_id"]:
             other = series[(r.study_id, other_id)]
             inst, x, y, dist = other.from_patient(point)
-            rows, cols = other.shape[1:]
+            rows, cols = other.stored_shape(inst)  # x, y are in the stored grid of that instance
             if dist > other.slice_spacing or not (0 <= x < cols and 0 <= y < rows):
                 continue  # the point lies outside this series' stack (e.g. an axial block of another level)
             back = other.to_patient(inst, x, y)

@@ -163,16 +163,17 @@ def _write_stack(folder: Path, positions, row_dir, col_dir, instance_numbers, sh
 
 def test_slices_sorted_by_position_not_by_file_name_or_instance(tmp_path):
     folder = _series_dir(tmp_path)
-    n = np.array([-0.8, 0.6, 0.0])  # normal of row (0.6, 0.8, 0) x col (0, 0, -1)
+    n = np.array([-0.8, 0.6, 0.0])  # normal of row (0.6, 0.8, 0) x col (0, 0, -1): towards patient right
     positions = [np.array([10.0, -20, 30]) + k * 4 * n for k in range(6)]
     instances = [205, 201, 210, 203, 202, 230]  # gapped, offset, unrelated to position
     _write_stack(folder, positions, (0.6, 0.8, 0), (0, 0, -1), instances)
     s = read_series(folder)
-    assert s.instance_numbers.tolist() == instances
+    # canonical sagittal order runs from patient right to left: k = 5 (rightmost) first
+    assert s.instance_numbers.tolist() == instances[::-1]
     np.testing.assert_allclose(np.diff(s.slice_offsets), 4.0)
-    assert s.pixels[:, 0, 0].tolist() == [5, 15, 25, 35, 45, 55]
-    assert s.index_of(210) == 2
-    np.testing.assert_allclose(s.series_normal, n)
+    assert s.pixels[:, 0, 0].tolist() == [55, 45, 35, 25, 15, 5]
+    assert s.index_of(210) == 3
+    np.testing.assert_allclose(s.series_normal, -n)
     assert s.slice_spacing == pytest.approx(4.0)
     assert (s.study_id, s.series_id, s.description) == (1, 2, "Sagittal T1")
 
@@ -181,7 +182,7 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path):
     folder = _series_dir(tmp_path)
     _write_stack(folder, [(0, 0, 0), (0, 0, 3)], (1, 0, 0), (0, 1, 0), [1, 2], rescale=(2.5, -100))
     s = read_series(folder)
-    assert s.pixels[:, 3, 3].tolist() == [5 * 2.5 - 100, 15 * 2.5 - 100]
+    assert s.pixels[:, 3, 3].tolist() == [15 * 2.5 - 100, 5 * 2.5 - 100]  # axial: head (z = 3) first
 
 
 def test_minority_size_slice_is_resampled_with_geometry_kept(tmp_path, caplog):
@@ -195,11 +196,18 @@ def test_minority_size_slice_is_resampled_with_geometry_kept(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         s = read_series(folder)
     assert "odd.dcm" in caplog.text and "resampled" in caplog.text
-    assert s.shape == (4, 8, 8)
-    np.testing.assert_allclose(s.pixels[3], 100)
-    # 4x4 at 2 mm from (0.5, 0.5): field of view corner (-0.5, -0.5); 8x8 at 1 mm -> first centre (0, 0)
-    np.testing.assert_allclose(s.spacings[3], [1, 1])
-    np.testing.assert_allclose(s.positions[3], [0, 0, 9])
+    assert s.shape == (4, 8, 8) and s.instance_numbers.tolist() == [4, 3, 2, 1]  # axial: head (z = 9) first
+    np.testing.assert_allclose(s.pixels[0], 100)
+    # volume grid: 4x4 at 2 mm from (0.5, 0.5): field of view corner (-0.5, -0.5); 8x8 at 1 mm -> first centre (0, 0)
+    np.testing.assert_allclose(s.spacings[0], [1, 1])
+    np.testing.assert_allclose(s.positions[0], [0, 0, 9])
+    # labels keep the stored 4x4 grid: stored pixel (1, 2) lies at (0.5 + 2, 0.5 + 4, 9) = canonical (2.5, 4.5)
+    assert s.stored_shape(4) == (4, 4)
+    np.testing.assert_allclose(s.to_patient(4, 1, 2), [2.5, 4.5, 9])
+    assert s.stored_to_canonical(4, 1, 2) == (0, 2.5, 4.5)
+    assert s.canonical_to_stored(0, 2.5, 4.5) == (4, 1, 2)
+    np.testing.assert_allclose(s.pixel_to_patient(0, 2.5, 4.5), [2.5, 4.5, 9])
+    assert s.from_patient([2.5, 4.5, 9.25]) == pytest.approx((4, 1, 2, 0.25))
 
 
 # ---------------------------------------------------------------------------------------- bad input
@@ -210,7 +218,7 @@ def test_corrupt_file_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
     shutil.copy(get_testdata_file("MR_truncated.dcm"), folder / "truncated.dcm")
     with caplog.at_level(logging.WARNING):
         s = read_series(folder)
-    assert s.instance_numbers.tolist() == [1, 2]
+    assert s.instance_numbers.tolist() == [2, 1]  # axial: head (z = 3) first
     assert "broken.dcm" in caplog.text and "truncated.dcm" in caplog.text
 
 

@@ -4,9 +4,11 @@ Layout (``cache_root`` defaults to ``<data_dir>/../cache``, i.e. a ``cache`` fol
 
     <cache_root>/v<FORMAT>-<key>/          key = hash of the preprocessing parameters and the format version
         params.json                        the parameters that produced this folder
-        series/<study_id>/<series_id>.npy  pixels, slices x rows x columns, sorted along the slice normal
-        series/<study_id>/<series_id>.json geometry record (written last: its presence marks the series done)
-        slices.csv                         per-slice geometry of every finished series
+        series/<study_id>/<series_id>.npy  canonical pixels (slices x rows x columns, see dicom.orientation)
+        series/<study_id>/<series_id>.json geometry record (written last: its presence marks the series done):
+                                           canonical geometry, the stored grid of every InstanceNumber
+                                           ("stored") and the transform between them ("orientation")
+        slices.csv                         per-slice canonical and stored geometry of every finished series
         index.csv                          one row per series (status ok or failed, with the error), written last
 
 Every file is written through a temporary name and renamed, so an interrupted run never leaves a
@@ -25,15 +27,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rsna2024.dicom.normalize import NormalizeParams, intensity_range, normalize
+from rsna2024.dicom.orientation import Orientation
 from rsna2024.dicom.reader import read_series
-from rsna2024.dicom.series import Series
+from rsna2024.dicom.series import Series, StoredGeometry
 from rsna2024.errors import DicomError, RsnaError
 from rsna2024.utils.io import atomic_path, atomic_to_csv, atomic_write_text
 from rsna2024.utils.logging import ensure_logging, get_logger
 
 log = get_logger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: canonical orientation, stored grids and the transform in each record
 INDEX_FILE = "index.csv"
 SLICES_FILE = "slices.csv"
 CACHE_DTYPES = ("float16", "float32")
@@ -41,6 +44,7 @@ INDEX_COLUMNS = ("split", "study_id", "series_id", "series_description", "status
                  "n_slices", "rows", "columns", "row_spacing", "col_spacing", "slice_spacing",
                  "normal_x", "normal_y", "normal_z", "intensity_low", "intensity_high")
 _GEOMETRY_FIELDS = ("instance_numbers", "positions", "row_dirs", "col_dirs", "spacings")
+_STORED_FIELDS = ("positions", "row_dirs", "col_dirs", "spacings", "shapes")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ def cache_series(image_folder: Path, folder: Path, params: CacheParams, split: s
         "normal": series.series_normal.tolist(), "slice_spacing": series.slice_spacing,
         "intensity_low": low, "intensity_high": high,
         **{name: np.asarray(getattr(series, name)).tolist() for name in _GEOMETRY_FIELDS},
+        "orientation": series.orientation.to_dict(),
+        "stored": {name: np.asarray(getattr(series.stored, name)).tolist() for name in _STORED_FIELDS},
     }
     atomic_write_text(meta, json.dumps(record))
     return _record_row(record)
@@ -141,19 +147,26 @@ def _tasks(data_dir: Path, split: str) -> list[dict]:
     return tasks
 
 
+def _geometry_columns(rec: dict, prefix: str = "") -> dict:
+    pos, rd, cd, sp = (np.asarray(rec[k]) for k in _GEOMETRY_FIELDS[1:])
+    return {**{f"{prefix}position_{a}": pos[:, i] for i, a in enumerate("xyz")},
+            **{f"{prefix}row_dir_{a}": rd[:, i] for i, a in enumerate("xyz")},
+            **{f"{prefix}col_dir_{a}": cd[:, i] for i, a in enumerate("xyz")},
+            f"{prefix}row_spacing": sp[:, 0], f"{prefix}col_spacing": sp[:, 1]}
+
+
 def _slices_table(folder: Path, index: pd.DataFrame) -> pd.DataFrame:
-    """Per-slice geometry of every finished series of ``index``."""
+    """Per-slice geometry of every finished series of ``index``: the canonical grid (``position_x``, ...)
+    and the stored grid of the InstanceNumber (``stored_position_x``, ..., ``stored_rows``, ``stored_columns``)."""
     tables = []
     for row in index[index["status"] == "ok"].itertuples(index=False):
         rec = json.loads(_series_paths(folder, row.study_id, row.series_id)[1].read_text())
-        pos, rd, cd, sp = (np.asarray(rec[k]) for k in _GEOMETRY_FIELDS[1:])
+        shapes = np.asarray(rec["stored"]["shapes"])
         tables.append(pd.DataFrame({
             "study_id": row.study_id, "series_id": row.series_id,
-            "slice_index": np.arange(len(pos)), "instance_number": rec["instance_numbers"],
-            **{f"position_{a}": pos[:, i] for i, a in enumerate("xyz")},
-            **{f"row_dir_{a}": rd[:, i] for i, a in enumerate("xyz")},
-            **{f"col_dir_{a}": cd[:, i] for i, a in enumerate("xyz")},
-            "row_spacing": sp[:, 0], "col_spacing": sp[:, 1],
+            "slice_index": np.arange(len(shapes)), "instance_number": rec["instance_numbers"],
+            **_geometry_columns(rec), **_geometry_columns(rec["stored"], "stored_"),
+            "stored_rows": shapes[:, 0], "stored_columns": shapes[:, 1],
         }))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
@@ -226,8 +239,9 @@ def _read_index(path: Path) -> pd.DataFrame:
 
 
 def load_cached_series(cache: str | Path, study_id: int, series_id: int, mmap: bool = True) -> Series:
-    """The cached ``Series`` (normalised pixels in the cache dtype, memory-mapped by default, and the
-    full per-slice geometry) of one series. ``cache`` is a cache folder or its ``index.csv``."""
+    """The cached canonical ``Series`` (normalised pixels in the cache dtype, memory-mapped by default,
+    the full per-slice canonical and stored geometry and the orientation) of one series, identical in
+    geometry to what ``read_series`` gave. ``cache`` is a cache folder or its ``index.csv``."""
     folder = _resolve_cache(cache)
     npy, meta = _series_paths(folder, study_id, series_id)
     if not meta.exists() or not npy.exists():
@@ -238,4 +252,6 @@ def load_cached_series(cache: str | Path, study_id: int, series_id: int, mmap: b
         pixels=np.load(npy, mmap_mode="r" if mmap else None),
         **{name: np.asarray(rec[name]) for name in _GEOMETRY_FIELDS},
         study_id=rec["study_id"], series_id=rec["series_id"], description=rec["description"],
+        orientation=Orientation.from_dict(rec["orientation"]),
+        stored=StoredGeometry(**{name: np.asarray(rec["stored"][name]) for name in _STORED_FIELDS}),
     )

@@ -1,8 +1,9 @@
 """Patient-space geometry between series: projections, slices at mm offsets, axial level assignment, ROIs.
 
 Everything is in LPS millimetres and works per slice (each slice's own plane), so tilted axial
-sub-stacks inside one series are handled. Later stages ask these functions for slices and regions;
-they never multiply by PixelSpacing themselves.
+sub-stacks inside one series are handled. Slice indices and pixels are canonical (the grid of
+``Series.pixels``) except where a function says it speaks InstanceNumbers and stored pixels.
+Later stages ask these functions for slices and regions; they never multiply by PixelSpacing themselves.
 """
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ LEVEL_TABLE_COLUMNS = ("series_id", "slice_index", "instance_number", "level", "
 
 
 def project_point(src: Series, instance_number: int, x: float, y: float, dst: Series) -> Projection:
-    """Project pixel (x, y) of slice ``instance_number`` of ``src`` into ``dst``: the nearest ``dst``
-    slice's InstanceNumber, the in-plane pixel there and the distance (mm) from that slice's plane."""
+    """Project stored pixel (x, y) of slice ``instance_number`` of ``src`` into ``dst``: the nearest ``dst``
+    slice's InstanceNumber, the stored pixel there and the distance (mm) from that slice's plane."""
     return dst.from_patient(src.to_patient(instance_number, x, y))
 
 
 def lps_oriented_normal(series: Series) -> np.ndarray:
     """The series normal flipped so that its dominant component is positive.
 
-    Positive then means patient Left for sagittal, Posterior for coronal and Superior for axial series.
+    Positive then means patient Left for sagittal, Posterior for coronal and Superior for axial series
+    (for canonical series: the slice order for sagittal and coronal, against it for axial).
     """
     n = series.series_normal
     return n if n[np.argmax(np.abs(n))] > 0 else -n
@@ -65,10 +67,11 @@ def assign_axial_levels(axials: Sequence[Series], level_points: Mapping[str, Seq
     """Give each slice of every axial series the nearest disc level in patient space.
 
     ``level_points`` maps a level name to an LPS point (e.g. the Sagittal T2 spinal-canal points
-    converted with ``Series.to_patient``). The distance is from the point to the slice's own plane;
-    a slice whose nearest level is farther than ``max_distance_mm`` gets a missing level (NaN). Returns one row
-    per slice: series_id, slice_index, instance_number, level, distance_mm, x, y (the level point's
-    in-plane pixel on that slice).
+    converted with ``Series.to_patient``). Only levels whose point projects inside the slice's image
+    count; the distance is from the point to the slice's own plane. A slice whose nearest such level
+    is farther than ``max_distance_mm`` (or that has none) gets a missing level (None). Returns one
+    row per slice: series_id, slice_index (canonical), instance_number, level, distance_mm (NaN if no
+    level point falls inside the image), x, y (the level point's canonical pixel on that slice).
     """
     if not level_points:
         raise ValueError("assign_axial_levels needs at least one level point")
@@ -78,13 +81,15 @@ def assign_axial_levels(axials: Sequence[Series], level_points: Mapping[str, Seq
     for series in axials:
         # each (levels, slices): in-plane x, y and signed distance of each level point to each slice plane
         x, y, z = (np.stack(c) for c in zip(*(series.plane_coordinates(p) for p in points)))
-        best = np.argmin(np.abs(z), axis=0)
+        dist_all = np.where(series.contains(x, y), np.abs(z), np.inf)
+        best = np.argmin(dist_all, axis=0)
         cols = np.arange(len(series.instance_numbers))
-        dist = np.abs(z[best, cols])
+        dist = dist_all[best, cols]
         ok = dist <= max_distance_mm
         tables.append(pd.DataFrame({
             "series_id": series.series_id, "slice_index": cols, "instance_number": series.instance_numbers,
-            "level": np.where(ok, np.asarray(names, dtype=object)[best], None), "distance_mm": dist,
+            "level": np.where(ok, np.asarray(names, dtype=object)[best], None),
+            "distance_mm": np.where(np.isfinite(dist), dist, np.nan),
             "x": np.where(ok, x[best, cols], np.nan), "y": np.where(ok, y[best, cols], np.nan),
         }))
     if not tables:
@@ -94,24 +99,28 @@ def assign_axial_levels(axials: Sequence[Series], level_points: Mapping[str, Seq
 
 def nearest_axial_slice(axials: Sequence[Series], point: Sequence[float],
                         max_distance_mm: float = DEFAULT_LEVEL_MAX_DISTANCE_MM) -> tuple[int, int, float] | None:
-    """(series position in ``axials``, slice index, distance mm) of the axial slice nearest ``point``
-    over all axial series of a study, or None if none is within ``max_distance_mm``."""
-    best: tuple[int, int, float] | None = None
+    """(series position in ``axials``, canonical slice index, distance mm) of the axial slice nearest
+    ``point`` over all axial series of a study, or None if none is within ``max_distance_mm``.
+
+    Slices whose image contains the projected point win over nearer slices that do not.
+    """
+    best, best_key = None, None
     for s_idx, series in enumerate(axials):
-        i, _, _, d = series.nearest_slice(point)
-        if d <= max_distance_mm and (best is None or d < best[2]):
-            best = (s_idx, i, d)
+        i, x, y, d = series.nearest_slice(point)
+        key = (not bool(series.contains(x, y)), d)
+        if d <= max_distance_mm and (best_key is None or key < best_key):
+            best, best_key = (s_idx, i, d), key
     return best
 
 
 def crop_roi(series: Series, center: Sequence[float], size_mm: float, out_size: int,
              slices: Sequence[int] | None = None, order: int = 1) -> np.ndarray:
     """A ``size_mm`` x ``size_mm`` square centred on the LPS point ``center``, resampled to
-    ``out_size`` x ``out_size`` on each slice of ``slices`` (default: the slice nearest ``center``).
+    ``out_size`` x ``out_size`` on each canonical slice of ``slices`` (default: the slice nearest ``center``).
 
-    The point is projected onto each slice's own plane; the square is aligned with the slice's rows
-    and columns. Interpolation ``order`` 1 (bilinear); outside the image is 0. Returns
-    (len(slices), out_size, out_size) float32.
+    The point is projected onto each slice's own plane; the square is aligned with the slice's canonical
+    rows and columns (so it shows the canonical view). Interpolation ``order`` 1 (bilinear); outside
+    the image is 0. Returns (len(slices), out_size, out_size) float32.
     """
     from scipy.ndimage import map_coordinates
 

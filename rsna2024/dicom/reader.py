@@ -1,8 +1,9 @@
-"""Read a folder of single-frame DICOM slices into a :class:`~rsna2024.dicom.series.Series`.
+"""Read a folder of single-frame DICOM slices into a canonical :class:`~rsna2024.dicom.series.Series`.
 
 Slices are ordered by their position along the series normal (never by file name or InstanceNumber
-alone); RescaleSlope/RescaleIntercept are applied; uncompressed, RLE, JPEG 2000 and JPEG lossless
-pixel data decode through pydicom + pylibjpeg, JPEG-LS through pyjpegls where installed.
+alone) and laid out as :mod:`rsna2024.dicom.orientation` says; RescaleSlope/RescaleIntercept are
+applied; uncompressed, RLE, JPEG 2000 and JPEG lossless pixel data decode through pydicom + pylibjpeg,
+JPEG-LS through pyjpegls where installed.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pydicom
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from rsna2024.dicom.series import Series, series_normal, slice_centers
+from rsna2024.dicom.orientation import MAX_SLICE_ANGLE_DEG, canonical_layout, misoriented_slices
+from rsna2024.dicom.series import Series, StoredGeometry
 from rsna2024.errors import DicomError
 from rsna2024.utils.logging import get_logger
 
@@ -119,20 +121,34 @@ def _read_slice(path: Path, series_name: str) -> _Slice | None:
     )
 
 
-def _resample_slice(s: _Slice, shape: tuple[int, int], series_name: str) -> None:
-    """Resample ``s`` in place to ``shape`` covering the same field of view; fix spacing and position."""
+def _resample_slice(s: _Slice, shape: tuple[int, int], series_name: str) -> tuple[np.ndarray, np.ndarray,
+                                                                                     np.ndarray]:
+    """``s``'s pixels resampled to ``shape`` over the same field of view, with the position and spacing
+    of that new grid: (pixels, position, spacing). ``s`` itself keeps its stored grid."""
     from scipy.ndimage import zoom
 
     rows, cols = s.pixels.shape
     log.warning("series %s: %s is %dx%d, resampled to the majority size %dx%d", series_name, s.path,
                 rows, cols, *shape)
     factors = (shape[0] / rows, shape[1] / cols)
-    s.pixels = zoom(s.pixels.astype(np.float32), factors, order=1, grid_mode=True, mode="nearest")
-    new_spacing = s.spacing / np.array(factors)
+    pixels = zoom(s.pixels.astype(np.float32), factors, order=1, grid_mode=True, mode="nearest")
+    spacing = s.spacing / np.array(factors)
     # The field of view's corner stays put: position = corner + half a (new) pixel.
     corner = s.position - 0.5 * s.spacing[1] * s.row_dir - 0.5 * s.spacing[0] * s.col_dir
-    s.position = corner + 0.5 * new_spacing[1] * s.row_dir + 0.5 * new_spacing[0] * s.col_dir
-    s.spacing = new_spacing
+    return pixels, corner + 0.5 * spacing[1] * s.row_dir + 0.5 * spacing[0] * s.col_dir, spacing
+
+
+def _drop_misoriented(slices: list[_Slice], series_name: str) -> list[_Slice]:
+    """``slices`` without those oriented far from the rest of the series (a warning names each file)."""
+    if len(slices) < 3:
+        return slices
+    bad = dict(misoriented_slices(np.stack([s.row_dir for s in slices]), np.stack([s.col_dir for s in slices])))
+    if len(bad) == len(slices):
+        raise DicomError(f"series {series_name}: no two slices share an orientation (slice normals or row "
+                         f"directions more than {MAX_SLICE_ANGLE_DEG:g} degrees from the median)")
+    for i, reason in bad.items():
+        log.warning("series %s: dropping %s: %s", series_name, slices[i].path, reason)
+    return [s for i, s in enumerate(slices) if i not in bad]
 
 
 def series_files(folder: Path) -> list[Path]:
@@ -148,12 +164,15 @@ def _int_or_none(text: str) -> int | None:
 
 
 def read_series(folder: str | Path, description: str = "") -> Series:
-    """Read every DICOM slice of ``folder`` into a float32 ``Series`` sorted along the slice normal.
+    """Read every DICOM slice of ``folder`` into a float32 ``Series`` in the canonical layout
+    (:mod:`rsna2024.dicom.orientation`), each slice keeping its stored grid for label coordinates.
 
     ``study_id`` and ``series_id`` are taken from the folder names (Kaggle layout
     ``<study>/<series>/<instance>.dcm``); ``description`` defaults to the SeriesDescription tag.
-    Corrupt files are skipped with a warning; slices of another size are resampled to the majority
-    size with a warning. Raises DicomError if no slice is readable or a geometry tag is missing.
+    Corrupt files are skipped with a warning; so are slices oriented more than ``MAX_SLICE_ANGLE_DEG``
+    (45) degrees away from the rest of the series; slices of another size are resampled to the
+    majority size with a warning (in the volume only: their stored grid stays theirs). Raises
+    DicomError if no slice is readable, a geometry tag is missing or no two slices share an orientation.
     """
     folder = Path(folder)
     name = f"{folder.parent.name}/{folder.name}"
@@ -162,37 +181,39 @@ def read_series(folder: str | Path, description: str = "") -> Series:
     slices = [s for s in (_read_slice(p, name) for p in series_files(folder)) if s is not None]
     if not slices:
         raise DicomError(f"series {name}: no readable DICOM slice in {folder}")
+    slices = _drop_misoriented(slices, name)
 
     shape = Counter(s.pixels.shape for s in slices).most_common(1)[0][0]
-    for s in slices:
-        if s.pixels.shape != shape:
-            _resample_slice(s, shape, name)
-
+    grids = [(s.pixels, s.position, s.spacing) if s.pixels.shape == shape else _resample_slice(s, shape, name)
+             for s in slices]
     row_dirs = np.stack([s.row_dir for s in slices])
     col_dirs = np.stack([s.col_dir for s in slices])
-    positions = np.stack([s.position for s in slices])
-    spacings = np.stack([s.spacing for s in slices])
-    normal = series_normal(row_dirs, col_dirs)
     instance_numbers = np.array([s.instance_number for s in slices], dtype=np.int64)
-    centers = slice_centers(positions, row_dirs, col_dirs, spacings, shape)
-    order = np.lexsort((instance_numbers, np.round(centers @ normal, 4)))
+    layout = canonical_layout(np.stack([g[1] for g in grids]), row_dirs, col_dirs, np.stack([g[2] for g in grids]),
+                              shape, instance_numbers)
+    order = layout.order
 
-    pixels = np.empty((len(slices), *shape), dtype=np.float32)
+    pixels = np.empty((len(slices), *layout.shape), dtype=np.float32)
     for out, i in zip(pixels, order):
         s = slices[i]
-        np.copyto(out, s.pixels, casting="unsafe")
+        np.copyto(out, layout.orientation.apply(grids[i][0]), casting="unsafe")
         if s.slope != 1.0:
             out *= s.slope
         if s.intercept != 0.0:
             out += s.intercept
+    stored = StoredGeometry(positions=np.stack([s.position for s in slices]), row_dirs=row_dirs, col_dirs=col_dirs,
+                            spacings=np.stack([s.spacing for s in slices]),
+                            shapes=[s.pixels.shape for s in slices]).take(order)
     return Series(
         pixels=pixels,
         instance_numbers=instance_numbers[order],
-        positions=positions[order],
-        row_dirs=row_dirs[order],
-        col_dirs=col_dirs[order],
-        spacings=spacings[order],
+        positions=layout.positions,
+        row_dirs=layout.row_dirs,
+        col_dirs=layout.col_dirs,
+        spacings=layout.spacings,
         study_id=_int_or_none(folder.parent.name),
         series_id=_int_or_none(folder.name),
         description=description or slices[order[0]].description,
+        orientation=layout.orientation,
+        stored=stored,
     )
