@@ -26,6 +26,9 @@ def test_slice_windows_are_centred_and_repeat_the_end_slices():
     assert w[0, :, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
     assert slice_windows(x, 1)[0, :, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
     assert slice_windows(x, 2)[0, :, :, 0, 0].tolist() == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 4]]
+    assert slice_windows(x, 3, stride=2)[0, :, :, 0, 0].tolist() == [[0, 0, 1], [1, 2, 3], [3, 4, 4]]
+    assert slice_windows(x, 5, stride=5)[0, :, :, 0, 0].tolist() == [[0, 1, 2, 3, 4]]  # all slices as channels
+    assert slice_windows(x[:, :3], 3, stride=3)[0, :, :, 0, 0].tolist() == [[0, 1, 2]]
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -47,6 +50,8 @@ def test_tiny_models_forward_and_backward(name, regions, outputs):
     assert probs.shape == (2, outputs // 3, 3) and torch.allclose(probs.sum(-1), torch.ones(2, outputs // 3))
     with pytest.raises(ValueError, match="regions"):
         model(torch.randn(2, regions + 1, 5, 32, 32))
+    one_window = create_model(name, regions=regions, num_outputs=outputs, in_chans=5, window_stride=5)
+    assert one_window(x).shape == (2, outputs)
 
 
 def test_swin_backbone_takes_the_image_size():

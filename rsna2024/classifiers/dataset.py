@@ -94,13 +94,14 @@ class RoiDataset(Dataset):
     (:func:`~rsna2024.classifiers.samples.global_samples`) sample table.
 
     ``train`` turns on the jitter of ``cfg``; its random draws come from torch's generator, so the
-    trainer's saved RNG state makes a resumed epoch see what the uninterrupted one would. ``memo`` (evaluation
-    only) keeps each item's regions in memory (float16) after the first pass, for per-epoch validation.
+    trainer's saved RNG state makes a resumed epoch see what the uninterrupted one would. ``memo`` keeps each
+    item's regions in memory (float16) once cut, when they are deterministic (evaluation, or training without
+    jitter); it pays off with DataLoader ``workers: 0`` (worker processes start empty every epoch).
     """
 
     def __init__(self, samples: pd.DataFrame, store: SeriesStore, cfg: RoiConfig, conditions, train: bool = False,
                  memo: bool = False):
-        self.memo: dict[int, np.ndarray] | None = {} if memo and not train else None
+        self.memo: dict[int, np.ndarray] | None = {} if memo and not (train and cfg.jitter.active) else None
         self.samples = samples.reset_index(drop=True)
         self.rows = self.samples.to_dict("records")  # plain dicts: pandas row access is slow per item
         self.store = store

@@ -23,6 +23,7 @@ replaced.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -55,16 +56,36 @@ class ClassifierData:
     """The ``data:`` section of a stage-2 experiment."""
 
     roi: RoiConfig = field(default_factory=RoiConfig)
-    train_points: str = TRUE_POINTS  # points the training regions are cut around
-    valid_points: str = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
-    oof_points: str = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
+    train_points: str | bool = TRUE_POINTS  # points the training regions are cut around
+    valid_points: str | bool = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
+    oof_points: str | bool = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
     class_weights: list[float] = field(default_factory=lambda: list(CLASS_WEIGHTS))
-    keep_valid_regions: bool = True  # cut the validation regions once and keep them in memory (float16)
-    cache: str | None = None  # preprocessing cache folder; default: the trainer's cache root + default params
+    keep_regions: bool = False  # keep regions in memory once cut (float16; with workers: 0, e.g. CPU demos)
+    cache: str | None = None  # preprocessing cache folder; default: the default-parameter folder of the trainer's root
 
     def __post_init__(self) -> None:
+        for name in ("train_points", "valid_points", "oof_points"):
+            value = getattr(self, name)
+            if value is False or value == "":
+                raise ConfigError(f"data.{name}: expected 'true' (the true points) or a coordinates file, "
+                                  f"got {value!r}")
+            if value is True:
+                setattr(self, name, TRUE_POINTS)
         if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
             raise ConfigError(f"data.class_weights: three positive weights expected, got {self.class_weights}")
+
+
+def default_cache_folder(cache_root: str | Path, data_dir: str | Path) -> Path:
+    """The default-parameter cache folder of ``data_dir`` inside ``cache_root``.
+
+    ``rsna2024.dicom.cache.cache_dir`` takes the data folder once the cache is keyed by it; both signatures
+    are served until every branch has that version.
+    """
+    from rsna2024.dicom.cache import cache_dir
+
+    if "data_dir" in inspect.signature(cache_dir).parameters:
+        return cache_dir(cache_root, data_dir)
+    return cache_dir(cache_root)
 
 
 class RoiTask(Task):
@@ -77,10 +98,8 @@ class RoiTask(Task):
 
     # ----------------------------------------------------------------- data
     def _setup(self, ctx: FoldContext) -> None:
-        from rsna2024.dicom.cache import cache_dir
-
         self.ctx = ctx
-        cache = Path(self.data.cache) if self.data.cache else cache_dir(ctx.cache_root)
+        cache = Path(self.data.cache) if self.data.cache else default_cache_folder(ctx.cache_root, ctx.data_dir)
         self.store = SeriesStore(cache)
         self.wide = load_labels_wide(ctx.data_dir)
         self.prior = fold_prior(self.wide, ctx.train_studies())
@@ -123,14 +142,15 @@ class RoiTask(Task):
             if not keep.all():
                 log.info("%s: %d of %d training samples have no label or no region and are skipped",
                          self.name, int((~keep).sum()), len(keep))
-            ds = RoiDataset(ds.samples[keep], self.store, self.data.roi, self.conditions, train=True)
+            ds = RoiDataset(ds.samples[keep], self.store, self.data.roi, self.conditions, train=True, memo=memo)
         return ds
 
     def build_datasets(self, ctx: FoldContext):
         self._setup(ctx)
         self.require_points(self.data.oof_points, ctx)  # before training, not after it
-        train = self.dataset(ctx.train_studies(), self.data.train_points, train=True)
-        valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=self.data.keep_valid_regions)
+        memo = self.data.keep_regions
+        train = self.dataset(ctx.train_studies(), self.data.train_points, train=True, memo=memo)
+        valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=memo)
         return train, valid
 
     # ----------------------------------------------------------------- model and steps
