@@ -125,10 +125,11 @@ def test_compare_table_by_hand(data, runs, tmp_path):
 
 
 def test_family_blend_values(data, runs, tmp_path):
-    from rsna2024.baselines.compare import family_blend, read_run
+    from rsna2024.baselines.compare import read_run
+    from rsna2024.classifiers.oof import blend_oof
 
     tables = [read_run(r)[2] for r in runs[1:3]]
-    blend = family_blend(tables).set_index("row_id")
+    blend = blend_oof(tables).set_index("row_id")
     np.testing.assert_allclose(blend.loc["10_spinal_canal_stenosis_l1_l2", list(PRED_COLUMNS)], [0.2, 0.7, 0.1])
     np.testing.assert_allclose(blend.loc["20_right_subarticular_stenosis_l1_l2", list(PRED_COLUMNS)], [0.3, 0.3, 0.4])
     np.testing.assert_allclose(blend.loc["20_left_neural_foraminal_narrowing_l3_l4", list(PRED_COLUMNS)],

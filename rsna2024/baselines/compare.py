@@ -8,9 +8,9 @@ Rows, in this order:
   files when not every fold is there; ``points="true"`` reads the ``oof_true_points`` files instead). Its
   ``kind`` comes from the ``task`` of the run's ``config.yaml``: ``s0`` ... ``s3`` for the seed baselines,
   ``split`` (tasks ``split_*``) or ``global`` for the two-stage classifiers, else ``run``;
-- ``split`` and ``global`` families: per row id the mean of the family's runs over the rows each run predicts
-  (``source == model``; a file without a ``source`` column counts every row), rows no run of the family
-  predicts keeping the mean of the files (the prior);
+- ``split`` and ``global`` families: :func:`rsna2024.classifiers.oof.blend_oof` of the family's runs (per row id
+  the mean over the runs that predict it, ``source == model``; a file without a ``source`` column counts every
+  row; rows no run of the family predicts keep the mean of the files, i.e. the prior);
 - ``split+global``: the mean of the two family tables (only when both families are there).
 
 Every row is scored on the studies that every run covers (a run covering fewer studies narrows the table, and
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from rsna2024.classifiers.oof import blend_oof, oof_name
 from rsna2024.constants import LABELS, PRED_COLUMNS, SUBMISSION_COLUMNS
 from rsna2024.errors import RsnaError
 from rsna2024.metric import SCORE_KEYS
@@ -61,8 +62,6 @@ def run_kind(task: str) -> str:
 
 def read_run(run_dir: str | Path, points: str = "predicted") -> tuple[str, str, pd.DataFrame]:
     """``(name, kind, oof)`` of a run folder: the config's name and kind, and its OOF table (with ``source``)."""
-    from rsna2024.classifiers.oof import oof_name
-
     run_dir = Path(run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
@@ -87,18 +86,6 @@ def read_run(run_dir: str | Path, points: str = "predicted") -> tuple[str, str, 
 
 def study_of(row_ids: pd.Series) -> np.ndarray:
     return row_ids.astype(str).str.split("_", n=1).str[0].astype(np.int64).to_numpy()
-
-
-# --------------------------------------------------------------------------- blending
-def family_blend(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Per row id the mean of the tables' ``model`` rows; rows no table predicts keep the mean of all tables."""
-    cols = list(PRED_COLUMNS)
-    both = pd.concat(tables, ignore_index=True)
-    model = both[both["source"] == "model"].groupby("row_id")[cols].mean()
-    rest = both[~both["row_id"].isin(model.index)].groupby("row_id")[cols].mean()
-    out = pd.concat([model.assign(source="model"), rest.assign(source="prior")]).reset_index()
-    out[cols] = out[cols].div(out[cols].sum(axis=1), axis=0)
-    return out.sort_values("row_id", ignore_index=True)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -191,7 +178,7 @@ def compare_runs(data_dir: str | Path, run_dirs: Sequence[str | Path], out_dir: 
     entries: list[tuple[str, str, int, pd.DataFrame]] = [("prior", "prior", 0, prior_oof(wide, folds))]
     entries += [(name, kind, 1, oof) for name, kind, oof in runs]
     family = {f: [restrict(oof) for _, kind, oof in runs if kind == f] for f in FAMILIES}
-    blends = {f: family_blend(tables) for f, tables in family.items() if tables}
+    blends = {f: blend_oof(tables) for f, tables in family.items() if tables}
     entries += [(f, "family", len(family[f]), table) for f, table in blends.items()]
     if len(blends) == len(FAMILIES):
         both = pd.concat(list(blends.values()), ignore_index=True).groupby("row_id")[list(PRED_COLUMNS)].mean()

@@ -51,7 +51,7 @@ class BaselineData(ImageSettings):
     valid_points: str = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
     oof_points: str = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
     class_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # cross-entropy weights
-    cache: str | None = None  # preprocessing cache folder; default: the trainer's cache root + default params
+    cache: str | None = None  # preprocessing cache folder; default: the default-parameter folder of the trainer's root
 
     def __post_init__(self) -> None:
         if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
@@ -128,11 +128,12 @@ class BaselineTask(Task):
     # ----------------------------------------------------------------- data
     def _setup(self, ctx: FoldContext) -> None:
         from rsna2024.classifiers.dataset import SeriesStore
+        from rsna2024.classifiers.tasks import default_cache_folder
         from rsna2024.data.contract import load_labels_wide
-        from rsna2024.dicom.cache import cache_dir
 
         self.ctx = ctx
-        self.store = SeriesStore(Path(self.data.cache) if self.data.cache else cache_dir(ctx.cache_root))
+        cache = Path(self.data.cache) if self.data.cache else default_cache_folder(ctx.cache_root, ctx.data_dir)
+        self.store = SeriesStore(cache)
         self.wide = load_labels_wide(ctx.data_dir)
         self.prior = stage_oof.fold_prior(self.wide, ctx.train_studies())
         self._points: dict[str, pd.DataFrame] = {}
