@@ -76,18 +76,17 @@ def main(argv=None) -> int:
     rows, run_dirs = [], []
     for path in args.configs:
         cfg = load_config(path, [f"folds={args.folds}", "device=cpu"])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for k in range(args.folds):
             result = train_fold(cfg, data, k, out=runs, cache=cache)
-        seconds = time.perf_counter() - start
-        rows.append((cfg.name, cfg.model.name, cfg.epochs, seconds))
+        rows.append((cfg.name, cfg.model.name, cfg.epochs, time.perf_counter() - start, time.process_time() - cpu))
         run_dirs.append(result.run_dir)
-    total = sum(r[3] for r in rows)
-    print(f"{args.studies} studies, {args.folds} folds, CPU, {torch.get_num_threads()} thread(s)")
-    print(f"{'experiment':<26} {'model':<28} {'epochs':>6} {'seconds':>8} {'s/fold':>7}")
-    for name, model, epochs, seconds in rows:
-        print(f"{name:<26} {model:<28} {epochs:>6} {seconds:>8.1f} {seconds / args.folds:>7.1f}")
-    print(f"{'total':<26} {'':<28} {'':>6} {total:>8.1f}")
+    print(f"{args.studies} studies, {args.folds} folds, CPU, {torch.get_num_threads()} thread(s); wall and CPU "
+          "seconds (CPU time: this process's user + system time, what an idle machine's wall time approaches)")
+    print(f"{'experiment':<24} {'model':<26} {'epochs':>6} {'wall s':>7} {'CPU s':>7} {'CPU s/fold':>10}")
+    for name, model, epochs, wall, cpu in rows:
+        print(f"{name:<24} {model:<26} {epochs:>6} {wall:>7.1f} {cpu:>7.1f} {cpu / args.folds:>10.1f}")
+    print(f"{'total':<24} {'':<26} {'':>6} {sum(r[3] for r in rows):>7.1f} {sum(r[4] for r in rows):>7.1f}")
     print()
     print(format_markdown(compare_runs(data, run_dirs, out_dir=args.work / "compare")), end="")
     return 0
