@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rsna2024.utils.command import (
     existing_dir,
@@ -246,6 +247,85 @@ def _run_kaggle(args):
         print(api.status(args.kernel))
 
 
+# --------------------------------------------------------------------------- coords
+def _add_coords(sub):
+    p = sub.add_parser("coords", help="predicted keypoint coordinates of every study of a split from trained "
+                                      "keypoint runs (train: out of fold; test: mean of the fold models)")
+    p.add_argument("--data", type=existing_dir, required=True)
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True,
+                   help="keypoint run folders (runs/<experiment>), any of keypoint_sagt2, _sagt1, _axial; "
+                        "the axial run needs the Sag T2 run")
+    p.add_argument("--split", choices=["train", "test"], required=True)
+    p.add_argument("--out", type=writable_file, required=True, help="coordinates CSV to write")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="preprocessing cache root or parameter folder (default: <data>/../cache)")
+    p.add_argument("--folds", type=existing_file, default=None,
+                   help="train split: folds.csv (default: <data>/folds.csv)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _run_coords(args):
+    from rsna2024.keypoints.coords import write_coordinates
+    from rsna2024.keypoints.studies import resolve_cache
+
+    path = write_coordinates(args.data, args.runs, args.split, args.out, resolve_cache(args.data, args.cache),
+                             overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
+                             folds_path=args.folds)
+    print(f"coordinates written to {path}")
+
+
+# --------------------------------------------------------------------------- keypoint-report
+def _add_keypoint_report(sub):
+    p = sub.add_parser("keypoint-report", help="3-D error (mm) of predicted coordinates against the true ones, "
+                                               "axial slice choice and overlays")
+    p.add_argument("--data", type=existing_dir, required=True)
+    p.add_argument("--coords", type=existing_file, required=True,
+                   help="a coordinates CSV of `rsna2024 coords --split train`")
+    p.add_argument("--out", type=writable_dir, required=True, help="report folder")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="preprocessing cache root or parameter folder (default: <data>/../cache)")
+    p.add_argument("--overlays", type=non_negative_int, default=4, help="studies drawn (largest median error first)")
+    return p
+
+
+def _run_keypoint_report(args):
+    from rsna2024.keypoints.report import keypoint_report
+    from rsna2024.keypoints.studies import resolve_cache
+
+    tables = keypoint_report(args.data, args.coords, args.out, resolve_cache(args.data, args.cache),
+                             overlays=args.overlays)
+    print(tables["errors"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(tables["axial_slices"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"report written to {args.out / 'report.md'}")
+
+
+# --------------------------------------------------------------------------- compare
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="rank runs on the same folds: prior, seed baselines S0-S3, the split and "
+                       "global families and their ensemble (score, its terms, accuracy, macro F1)")
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder whose train.csv holds the labels")
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders (runs/<experiment>) holding config.yaml and OOF files")
+    p.add_argument("--folds", type=existing_file, default=None, help="default: <data>/folds.csv")
+    p.add_argument("--points", choices=["predicted", "true"], default="predicted",
+                   help="which OOF files: on stage 1's predicted points (oof*.csv) or the true ones")
+    p.add_argument("--out", type=writable_dir, default=None,
+                   help="folder for compare.csv, compare.md and the confusion PNGs (default: <runs' parent>/compare)")
+    return p
+
+
+def _run_compare(args):
+    from rsna2024.baselines.compare import CSV_FILE, compare_runs, format_markdown
+
+    out = args.out if args.out is not None else args.runs[0].absolute().parent / "compare"
+    table = compare_runs(args.data, args.runs, out_dir=out, folds_file=args.folds, points=args.points)
+    print(format_markdown(table), end="")
+    print(f"table and confusion matrices written to {out} ({CSV_FILE}, ...)")
+
+
 COMMANDS = {
     "synth": (_add_synth, _run_synth),
     "validate": (_add_validate, _run_validate),
@@ -255,6 +335,9 @@ COMMANDS = {
     "preprocess": (_add_preprocess, _run_preprocess),
     "train": (_add_train, _run_train),
     "kaggle": (_add_kaggle, _run_kaggle),
+    "coords": (_add_coords, _run_coords),
+    "keypoint-report": (_add_keypoint_report, _run_keypoint_report),
+    "compare": (_add_compare, _run_compare),
 }
 
 

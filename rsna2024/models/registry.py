@@ -19,7 +19,7 @@ from rsna2024.errors import ConfigError
 
 #: Modules (or packages whose ``__init__`` imports their model modules) that register models, imported lazily
 #: on the first lookup; one that does not exist (yet) is skipped. Stages add theirs here.
-MODEL_MODULES: list[str] = ["rsna2024.models.keypoint", "rsna2024.classifiers", "rsna2024.baselines"]
+MODEL_MODULES: list[str] = ["rsna2024.models.keypoint", "rsna2024.classifiers", "rsna2024.baselines.models"]
 
 _MODELS: dict[str, Callable] = {}
 _imported = False

@@ -74,7 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Modules (or packages whose ``__init__`` imports their task module) that register tasks, imported on the
 #: first lookup; one that does not exist (yet) is skipped. Stages add theirs here.
-TASK_MODULES: list[str] = ["rsna2024.keypoints", "rsna2024.classifiers", "rsna2024.baselines"]
+TASK_MODULES: list[str] = ["rsna2024.keypoints", "rsna2024.classifiers", "rsna2024.baselines.tasks"]
 
 
 @dataclass

@@ -1,0 +1,284 @@
+"""The seed baselines as tasks of the fold trainer: ``s0_image_classifier``, ``s1_condition_cnn``,
+``s2_level_embedding`` and ``s3_coordinate_resnet`` (kit-guide section 3; images by the rules of
+:mod:`rsna2024.baselines.data`, models in :mod:`rsna2024.baselines.models`).
+
+Per fold (the calls: :mod:`rsna2024.training.task`):
+
+- training: the training folds' targets (S3: studies) on the TRUE points (``data.train_points``);
+- validation after each epoch: the held-out studies on ``data.valid_points`` (true points by default). The
+  reported ``score`` is the competition metric of the fold over all 25 rows of every held-out study: the
+  model's rows from the model, the rest (targets without an image, conditions outside ``data.conditions``)
+  from the prior fitted on the training folds; ``score_<term>`` are its four terms. The best checkpoint is the
+  epoch with the lowest ``score`` (S3's plateau schedule watches it too);
+- ``write_oof``: with the best checkpoint, the held-out studies on stage 1's PREDICTED points
+  (``data.oof_points``, default ``{runs}/coords_oof.csv``) -> ``oof_fold{k}.csv``, and on the true points ->
+  ``oof_true_points_fold{k}.csv``; after the last fold the merged ``oof.csv`` / ``oof_true_points.csv``.
+  Format, ``source`` column and merging: :mod:`rsna2024.classifiers.oof` (one implementation for every stage).
+
+Points files: ``true`` is ``<data>/train_label_coordinates.csv``; any other value is a path in which ``{runs}``
+(the parent of the run folder) and ``{data}`` (the data folder) are replaced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+# ``rsna2024.classifiers.oof`` imports the prior from this package: take the module, read its names at call time.
+from rsna2024.baselines.data import IGNORE_INDEX, ImageRule, ImageSettings, StudyDataset, TargetDataset
+from rsna2024.classifiers import oof as stage_oof
+from rsna2024.constants import CLASS_WEIGHTS, CONDITIONS
+from rsna2024.errors import ConfigError
+from rsna2024.training.task import FoldContext, Task, register_task
+from rsna2024.utils.io import atomic_to_csv
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+TRUE_POINTS = "true"
+DEFAULT_OOF_POINTS = "{runs}/coords_oof.csv"
+
+
+# --------------------------------------------------------------------------- configs (the ``data:`` sections)
+@dataclass(kw_only=True)
+class BaselineData(ImageSettings):
+    """Shared ``data:`` settings: image handling (:class:`~rsna2024.baselines.data.ImageSettings`), points, loss."""
+
+    train_points: str = TRUE_POINTS  # points whose images train the model
+    valid_points: str = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
+    oof_points: str = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
+    class_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # cross-entropy weights
+    cache: str | None = None  # preprocessing cache folder; default: the default-parameter folder of the trainer's root
+
+    def __post_init__(self) -> None:
+        if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
+            raise ConfigError(f"data.class_weights: three positive weights expected, got {self.class_weights}")
+        if self.image_size < 8 or self.channels < 1:
+            raise ConfigError(f"data.image_size must be at least 8 and data.channels at least 1, got "
+                              f"{self.image_size}, {self.channels}")
+
+
+@dataclass(kw_only=True)
+class TargetData(BaselineData):
+    """A per-target baseline: which conditions it learns and predicts (the others are the prior in its OOF)."""
+
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
+            raise ConfigError(f"data.conditions: distinct names from {list(CONDITIONS)} expected, got "
+                              f"{self.conditions}")
+
+
+@dataclass(kw_only=True)
+class S1Data(TargetData):
+    eight_bit: bool = True
+    upsample: bool = True  # repeat minority classes of each column up to its majority count
+    upsample_max_factor: float | None = None  # at most this many times a class's own count (None: no limit)
+
+
+@dataclass(kw_only=True)
+class S2Data(TargetData):
+    channels: int = 3
+    imagenet_norm: bool = True
+    hflip: float = 0.5
+    rotate_degrees: float = 15.0
+    class_weights: list[float] = field(default_factory=lambda: list(CLASS_WEIGHTS))
+    freeze_epochs: int = 5  # epochs with the whole backbone frozen (head and embedding train)
+    unfreeze_last: int | None = 32  # then the backbone's last N parameter tensors train (None: all of them)
+
+
+@dataclass(kw_only=True)
+class S3Data(BaselineData):
+    class_weights: list[float] = field(default_factory=lambda: list(CLASS_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.channels != 1:
+            raise ConfigError(f"data.channels: S3's image is one channel (the coordinates make the second), got "
+                              f"{self.channels}")
+
+
+# --------------------------------------------------------------------------- shared task logic
+def points_file(spec: str, ctx: FoldContext) -> Path:
+    """The coordinates file a ``*_points`` setting names (see the module docstring)."""
+    from rsna2024.data.contract import COORDINATES_FILE
+
+    if spec == TRUE_POINTS:
+        return Path(ctx.data_dir) / COORDINATES_FILE
+    return Path(spec.format(runs=Path(ctx.run_dir).parent, data=ctx.data_dir))
+
+
+class BaselineTask(Task):
+    """Data, loss, validation and OOF files shared by S0-S3; subclasses build the dataset and call the model."""
+
+    DataConfig = TargetData
+    metric = "score"
+    mode = "min"
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        return tuple(getattr(self.data, "conditions", CONDITIONS))
+
+    # ----------------------------------------------------------------- data
+    def _setup(self, ctx: FoldContext) -> None:
+        from rsna2024.classifiers.dataset import SeriesStore
+        from rsna2024.classifiers.tasks import default_cache_folder
+        from rsna2024.data.contract import load_labels_wide
+
+        self.ctx = ctx
+        cache = Path(self.data.cache) if self.data.cache else default_cache_folder(ctx.cache_root, ctx.data_dir)
+        self.store = SeriesStore(cache)
+        self.wide = load_labels_wide(ctx.data_dir)
+        self.prior = stage_oof.fold_prior(self.wide, ctx.train_studies())
+        self._points: dict[str, pd.DataFrame] = {}
+
+    def samples(self, studies, spec: str) -> pd.DataFrame:
+        """Per-target rows of ``studies`` (label, -1 where missing or for a test study, and the point in mm) on
+        the points ``spec`` names."""
+        from rsna2024.classifiers.samples import label_table, load_points, points_in_mm, split_samples
+
+        path = points_file(spec, self.ctx)
+        if not path.is_file():
+            raise ConfigError(f"points file {path} (from {spec!r}) not found: run the keypoint stage's "
+                              f"`rsna2024 coords` first, or set data.oof_points: true to predict on the true points")
+        if str(path) not in self._points:
+            self._points[str(path)] = load_points(path)
+        studies = [int(s) for s in studies]
+        table = self._points[str(path)]
+        points = points_in_mm(table[table["study_id"].isin(studies)], self.store.load)
+        labelled = set(self.wide["study_id"].astype(int))
+        unlabelled = [s for s in studies if s not in labelled]  # test studies
+        labels = label_table(self.wide, studies)
+        if unlabelled:
+            labels = pd.concat([labels, label_table(None, unlabelled)], ignore_index=True)
+        return split_samples(labels, points, self.conditions)
+
+    def dataset(self, studies, spec: str, train: bool = False):
+        """The dataset of ``studies`` on the points ``spec`` names."""
+        raise NotImplementedError
+
+    def build_datasets(self, ctx: FoldContext):
+        self._setup(ctx)
+        train = self.dataset(ctx.train_studies(), self.data.train_points, train=True)
+        valid = self.dataset(ctx.valid_studies(), self.data.valid_points)
+        if train.skipped:
+            log.info("%s fold %d: %d training target(s) have no label or no image and are skipped", self.cfg.name,
+                     ctx.fold, train.skipped)
+        return train, valid
+
+    # ----------------------------------------------------------------- steps
+    def loss(self, outputs, batch) -> torch.Tensor:
+        logits = outputs.float().reshape(-1, 3)
+        target = batch["target"].reshape(-1)
+        if not (target != IGNORE_INDEX).any():  # a validation batch without any label
+            return logits.sum() * 0.0
+        weight = torch.as_tensor(self.data.class_weights, dtype=logits.dtype, device=logits.device)
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+
+    def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
+        return {"probs": F.softmax(outputs.float().reshape(outputs.shape[0], -1, 3), dim=-1)}
+
+    # ----------------------------------------------------------------- evaluation
+    def oof_table(self, dataset, probs: np.ndarray, studies) -> pd.DataFrame:
+        """The submission-format table of ``studies`` (all 25 rows each) from the model's ``probs``."""
+        return stage_oof.assemble_oof(studies, dataset.prediction_rows(probs), self.prior, self.conditions)
+
+    def validate(self, preds, dataset, ctx) -> dict[str, float]:
+        from rsna2024.metric import SCORE_KEYS
+
+        scores = stage_oof.score_oof(self.oof_table(dataset, preds["probs"], ctx.valid_studies()), self.wide)
+        return {"score": scores["total"], **{f"score_{k}": scores[k] for k in SCORE_KEYS if k != "total"}}
+
+    def write_oof(self, model, ctx: FoldContext) -> list[Path]:
+        studies = ctx.valid_studies()
+        written = []
+        for points, spec in (("predicted", self.data.oof_points), ("true", TRUE_POINTS)):
+            ds = self.dataset(studies, spec)
+            oof = self.oof_table(ds, ctx.predict(model, ds)["probs"], studies)
+            log.info("%s fold %d OOF on %s points (%s): total %.4f", self.cfg.name, ctx.fold, points,
+                     points_file(spec, ctx), stage_oof.score_oof(oof, self.wide)["total"])
+            written.append(atomic_to_csv(oof, ctx.path(stage_oof.oof_name(points, ctx.fold))))
+        written += stage_oof.merge_folds(ctx.run_dir, self.cfg.folds, self.wide).values()
+        return written
+
+    def image_model_params(self) -> dict:
+        """``cfg.model.params`` with the input channels and image size of the data settings."""
+        return {"in_chans": self.data.channels, "image_size": self.data.image_size, **self.cfg.model.params}
+
+
+class TargetTask(BaselineTask):
+    """One sample per target, its image chosen by :attr:`rule`."""
+
+    rule: ImageRule = "point"
+
+    def dataset(self, studies, spec: str, train: bool = False) -> TargetDataset:
+        return TargetDataset(self.samples(studies, spec), self.store, self.rule, self.data, train=train,
+                             conditions=self.conditions, upsample=train and getattr(self.data, "upsample", False),
+                             upsample_max_factor=getattr(self.data, "upsample_max_factor", None))
+
+
+# --------------------------------------------------------------------------- the four baselines
+@register_task("s0_image_classifier")
+class S0ImageClassifierTask(TargetTask):
+    """S0: one 3-class image classifier for every target, on the whole slice of the target's point."""
+
+    def model_params(self) -> dict:
+        return {**self.image_model_params(), "num_classes": 3}
+
+
+@register_task("s1_condition_cnn")
+class S1ConditionCnnTask(TargetTask):
+    """S1: a CNN per condition, a head per column, on the Sagittal T1 slice nearest the target's point (8 bits),
+    minority classes of each column upsampled."""
+
+    DataConfig = S1Data
+    rule = "sagittal_t1"
+
+    def model_params(self) -> dict:
+        return {**self.image_model_params(), "conditions": len(self.conditions)}
+
+    def forward(self, model, batch):
+        return model(batch["image"], batch["condition"], batch["level"])
+
+
+@register_task("s2_level_embedding")
+class S2LevelEmbeddingTask(TargetTask):
+    """S2: backbone features + level embedding -> MLP, on the whole slice of the target's point; the backbone is
+    frozen for ``data.freeze_epochs`` epochs, then its last ``data.unfreeze_last`` parameter tensors train."""
+
+    DataConfig = S2Data
+
+    def model_params(self) -> dict:
+        return self.image_model_params()
+
+    def forward(self, model, batch):
+        return model(batch["image"], batch["level"])
+
+    def on_epoch_start(self, model, epoch: int, ctx: FoldContext) -> None:
+        last = 0 if epoch < self.data.freeze_epochs else self.data.unfreeze_last
+        trainable = model.set_backbone_trainable(last)
+        log.info("%s epoch %d: %d backbone parameter tensor(s) train", self.cfg.name, epoch + 1, trainable)
+
+
+@register_task("s3_coordinate_resnet")
+class S3CoordinateResnetTask(BaselineTask):
+    """S3: one sample per study (Sagittal T2/STIR slice + the 25 points), 75 outputs = 25 targets x 3."""
+
+    DataConfig = S3Data
+
+    def dataset(self, studies, spec: str, train: bool = False) -> StudyDataset:
+        return StudyDataset(self.samples(studies, spec), self.store, self.data, train=train)
+
+    def model_params(self) -> dict:
+        params = self.image_model_params()
+        params.pop("in_chans")
+        return params
+
+    def forward(self, model, batch):
+        return model(batch["image"], batch["coords"])
