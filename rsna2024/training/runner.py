@@ -1,0 +1,437 @@
+"""The experiment runner: every config of an experiments folder, across the folds, in dependency order.
+
+``python main.py`` and ``rsna2024 run`` call :func:`run_pipeline`: validate the data, write ``folds.csv``, fill
+the preprocessing cache, then train. The plan (:func:`plan_experiments`) orders the experiments:
+
+1. keypoint experiments (task ``keypoint_*``);
+2. the coordinates step: the keypoint runs predict ``<runs>/coords_oof.csv`` (out of fold, the file stage 2's
+   ``data.oof_points`` reads by default) and ``<runs>/coords_test.csv`` (mean of the fold models);
+3. the classifiers (tasks ``split_*`` and ``global``) that read those coordinates;
+
+with every ``depends_on`` of a config honoured on top (a missing dependency or a cycle is an error naming it).
+Each experiment runs over the folds of ``folds.csv`` (or those picked). A finished fold (``fold{k}_done.json``)
+is skipped and an interrupted one resumes (both by the fold trainer); a coordinates file is rebuilt only when
+absent or older than a keypoint fold it comes from. On one device the jobs run one after another in this
+process; with ``gpus`` each job is a subprocess (``rsna2024 train`` / ``rsna2024 coords``) pinned to one GPU by
+``CUDA_VISIBLE_DEVICES``, one job per GPU at a time (:func:`run_jobs`). The end is the OOF table of
+:mod:`rsna2024.training.report`.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rsna2024.errors import RsnaError
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+COORDS_FILES = {"train": "coords_oof.csv", "test": "coords_test.csv"}
+COORDS_STEP = "coordinates"
+# The classifiers' default ``data.oof_points``: the runner's out-of-fold coordinates file.
+COORDS_SPEC = "{runs}/" + COORDS_FILES["train"]
+CLASSIFIER_FAMILIES = {"split_spinal": "split", "split_foraminal": "split", "split_subarticular": "split",
+                       "global": "global"}
+KIND_ORDER = {"keypoint": 0, "other": 1, "classifier": 2}
+
+
+class PlanError(RsnaError, ValueError):
+    """The experiments cannot be run as asked: a missing dependency, a cycle, a duplicate name, a bad option."""
+
+
+# --------------------------------------------------------------------------- experiments
+def task_kind(task: str) -> str:
+    """``keypoint`` (tasks ``keypoint_*``), ``classifier`` (``split_*``, ``global``) or ``other``."""
+    if task.startswith("keypoint_"):
+        return "keypoint"
+    return "classifier" if task in CLASSIFIER_FAMILIES else "other"
+
+
+@dataclass
+class Experiment:
+    """One experiment config as the planner sees it: the YAML mapping (overrides applied) and its file."""
+
+    name: str
+    task: str
+    path: Path | None = None
+    depends_on: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return task_kind(self.task)
+
+    @property
+    def family(self) -> str | None:
+        """``split`` or ``global`` for a classifier, else None."""
+        return CLASSIFIER_FAMILIES.get(self.task)
+
+    @property
+    def needs_coords(self) -> bool:
+        """True for a classifier whose points (``data.oof_points``, default the runner's OOF coordinates, or
+        ``train_points``/``valid_points``) name ``{runs}/coords_oof.csv``."""
+        if self.kind != "classifier":
+            return False
+        data = self.raw.get("data") or {}
+        specs = [data.get("oof_points", COORDS_SPEC), data.get("train_points"), data.get("valid_points")]
+        return COORDS_SPEC in specs
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: Path | None = None) -> Experiment:
+        where = str(path) if path else "experiment"
+        if not isinstance(raw, dict):
+            raise PlanError(f"{where}: expected a mapping of config keys at the top level")
+        if path is not None:
+            raw = {"name": path.stem, **raw}
+        for key in ("name", "task"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise PlanError(f"{where}: '{key}' must be a non-empty string, got {raw.get(key)!r}")
+        deps = raw.get("depends_on") or []
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            raise PlanError(f"{where}: depends_on must be a list of experiment names, got {deps!r}")
+        return cls(name=raw["name"], task=raw["task"], path=path, depends_on=list(deps), raw=raw)
+
+
+def read_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """An :class:`Experiment` from a YAML file, ``key=value`` overrides applied (as ``rsna2024 train --set``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlanError(f"experiment config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path}: not valid YAML: {exc}") from exc
+    if isinstance(raw, dict) and overrides:
+        from rsna2024.training.config import apply_overrides
+
+        raw = apply_overrides(raw, overrides)
+    return Experiment.from_dict(raw, path)
+
+
+def discover_experiments(folder: str | Path, overrides: Sequence[str] = ()) -> list[Experiment]:
+    """Every ``*.yaml`` / ``*.yml`` directly in ``folder`` (not its subfolders), sorted by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PlanError(f"experiments folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return check_unique_names([read_experiment(p, overrides) for p in files])
+
+
+def check_unique_names(experiments: Sequence[Experiment]) -> list[Experiment]:
+    seen: dict[str, Experiment] = {}
+    for e in experiments:
+        if e.name in seen:
+            raise PlanError(f"two experiments are named {e.name!r}: {seen[e.name].path} and {e.path}")
+        seen[e.name] = e
+    return list(experiments)
+
+
+def select_experiments(pool: Sequence[Experiment], names: Sequence[str] | None, overrides: Sequence[str] = ()
+                       ) -> list[Experiment]:
+    """The experiments of ``pool`` named in ``names`` (names, or paths of YAML files, which join the pool);
+    all of the pool when ``names`` is empty. Dependencies are added by :func:`plan_experiments`."""
+    if not names:
+        return list(pool)
+    by_name = {e.name: e for e in pool}
+    chosen: list[Experiment] = []
+    for item in names:
+        if item in by_name:
+            exp = by_name[item]
+        elif item.endswith((".yaml", ".yml")) or Path(item).is_file():
+            exp = read_experiment(item, overrides)
+        else:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise PlanError(f"--experiments: no experiment named {item!r}; known: {known} (or give a YAML file's path)")
+        if exp.name not in {e.name for e in chosen}:
+            chosen.append(exp)
+    return chosen
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    """Experiments in the order they run, and whether (and after which keypoint runs) coordinates are made."""
+
+    experiments: list[Experiment]
+    coords_from: list[str] = field(default_factory=list)  # keypoint experiments feeding the coordinates step
+
+    @property
+    def steps(self) -> list[str]:
+        """Experiment names in order, with :data:`COORDS_STEP` after the last keypoint experiment it reads."""
+        names = [e.name for e in self.experiments]
+        if not self.coords_from:
+            return names
+        at = max(names.index(n) for n in self.coords_from) + 1
+        return [*names[:at], COORDS_STEP, *names[at:]]
+
+    def dependencies(self, name: str) -> list[str]:
+        """Steps that must finish before ``name`` (experiment names and :data:`COORDS_STEP`)."""
+        if name == COORDS_STEP:
+            return list(self.coords_from)
+        exp = next(e for e in self.experiments if e.name == name)
+        deps = list(exp.depends_on)
+        if exp.needs_coords and self.coords_from:
+            deps.append(COORDS_STEP)
+        return deps
+
+
+def plan_experiments(pool: Sequence[Experiment], selected: Sequence[Experiment] | None = None,
+                     coords_exist: bool = False) -> Plan:
+    """Order ``selected`` (default: the whole ``pool``) plus what they depend on, drawn from ``pool``.
+
+    A classifier that reads the runner's coordinates pulls in the pool's keypoint experiments unless
+    ``coords_exist`` (the file is already there); a ``depends_on`` name found neither among the selected nor
+    in the pool, a cycle, or two keypoint experiments of one task feeding the coordinates raise
+    :class:`PlanError` naming them.
+    """
+    pool = check_unique_names(list(pool))
+    by_name = {e.name: e for e in pool}
+    chosen = list(pool if selected is None else selected)
+    for e in chosen:
+        by_name.setdefault(e.name, e)
+    order_index = {e.name: i for i, e in enumerate([*chosen, *pool])}
+    wanted: dict[str, Experiment] = {}
+    stack = list(reversed(chosen))
+    while stack:
+        exp = stack.pop()
+        if exp.name in wanted:
+            continue
+        wanted[exp.name] = exp
+        for dep in exp.depends_on:
+            if dep not in by_name:
+                raise PlanError(f"experiment {exp.name!r} ({exp.path}) depends on {dep!r}, which is not among the "
+                                f"experiments ({', '.join(sorted(by_name))})")
+            stack.append(by_name[dep])
+        if exp.needs_coords and not coords_exist:
+            stack.extend(e for e in pool if e.kind == "keypoint")
+    exps = list(wanted.values())
+    keypoints = [e for e in exps if e.kind == "keypoint"]
+    by_task: dict[str, list[str]] = {}
+    for e in keypoints:
+        by_task.setdefault(e.task, []).append(e.name)
+    clash = {t: names for t, names in by_task.items() if len(names) > 1}
+    if clash:
+        t, names = next(iter(clash.items()))
+        raise PlanError(f"keypoint experiments {', '.join(sorted(names))} are all task {t!r}: the coordinates file "
+                        "takes one run per series type; pick one with --experiments")
+    needs = [e for e in exps if e.needs_coords]
+    coords_from = [e.name for e in keypoints] if needs or keypoints else []
+    if needs and not keypoints and not coords_exist:
+        raise PlanError(f"experiment {needs[0].name!r} reads the keypoint coordinates ({COORDS_SPEC}), but no "
+                        "keypoint experiment is among the experiments and the file does not exist")
+    ordered = _topological(exps, coords_from, lambda e: (KIND_ORDER[e.kind], order_index[e.name]))
+    return Plan(ordered, coords_from)
+
+
+def _topological(exps: list[Experiment], coords_from: list[str], key) -> list[Experiment]:
+    """Kahn's order over depends_on (plus classifier -> keypoint edges through the coordinates), ties by ``key``."""
+    coords_deps = set(coords_from)
+    deps = {e.name: set(e.depends_on) | (coords_deps if e.needs_coords else set()) for e in exps}
+    by_name = {e.name: e for e in exps}
+    done: list[Experiment] = []
+    left = dict(deps)
+    while left:
+        ready = [by_name[n] for n, d in left.items() if not (d - {x.name for x in done})]
+        if not ready:
+            raise PlanError(f"dependency cycle among experiments: {' -> '.join(_find_cycle(left))}")
+        nxt = min(ready, key=key)
+        done.append(nxt)
+        del left[nxt.name]
+    return done
+
+
+def _find_cycle(deps: dict[str, set[str]]) -> list[str]:
+    """One cycle of the graph ``deps`` (every node of it has a dependency inside it), as a closed path."""
+    path: list[str] = []
+    node = next(iter(sorted(deps)))
+    while node not in path:
+        path.append(node)
+        node = sorted(d for d in deps[node] if d in deps)[0]
+    return path[path.index(node):] + [node]
+
+
+# --------------------------------------------------------------------------- jobs and their scheduling
+class Blocked(Exception):
+    """A job cannot run now (an input it needs is missing); its dependants are skipped with the reason."""
+
+
+@dataclass
+class Job:
+    """One unit of work: a fold of an experiment or a coordinates file.
+
+    ``check()`` runs when the job's dependencies are finished: it returns a reason to skip it (already
+    done), None to run it, or raises :class:`Blocked`. Serially the job runs ``call()`` in this process;
+    on a GPU slot it runs ``command`` as a subprocess with ``CUDA_VISIBLE_DEVICES`` set to the slot.
+    """
+
+    name: str
+    deps: list[str] = field(default_factory=list)
+    call: Callable[[], object] | None = None
+    command: list[str] | None = None
+    check: Callable[[], str | None] = lambda: None
+    log_file: Path | None = None
+
+
+@dataclass
+class JobResult:
+    name: str
+    status: str  # done | skipped | failed | blocked
+    seconds: float = 0.0
+    message: str = ""
+    slot: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "skipped")
+
+
+def run_jobs(jobs: Sequence[Job], slots: Sequence[str | None] = (None,), poll_s: float = 0.1,
+             env: dict | None = None) -> dict[str, JobResult]:
+    """Run ``jobs`` in list order as their dependencies allow; returns every job's :class:`JobResult`.
+
+    ``slots=(None,)``: one after another in this process (``job.call``). Otherwise each slot (a GPU id) runs
+    one ``job.command`` subprocess at a time with ``CUDA_VISIBLE_DEVICES=<slot>``, output to ``job.log_file``.
+    A failed job does not stop the others; jobs depending on it (directly or not) end ``blocked``.
+    """
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate job names in {names}")
+    unknown = {d for j in jobs for d in j.deps} - set(names)
+    if unknown:
+        raise ValueError(f"jobs depend on unknown jobs {sorted(unknown)}")
+    serial = list(slots) == [None]
+    pending = list(jobs)
+    results: dict[str, JobResult] = {}
+    running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
+    free = list(slots)
+    while pending or running:
+        started = True
+        while started:
+            started = False
+            for job in list(pending):
+                bad = [d for d in job.deps if d in results and not results[d].ok]
+                if bad:
+                    pending.remove(job)
+                    why = results[bad[0]].message or results[bad[0]].status
+                    results[job.name] = JobResult(job.name, "blocked", message=f"{bad[0]} {results[bad[0]].status}: "
+                                                  f"{why}")
+                    log.warning("%s: not run, %s", job.name, results[job.name].message)
+                    started = True
+                    continue
+                if not all(d in results for d in job.deps) or not free:
+                    continue
+                pending.remove(job)
+                started = True
+                try:
+                    skip = job.check()
+                except Blocked as exc:
+                    results[job.name] = JobResult(job.name, "blocked", message=str(exc))
+                    log.warning("%s: not run, %s", job.name, exc)
+                    continue
+                if skip:
+                    results[job.name] = JobResult(job.name, "skipped", message=skip)
+                    log.info("%s: skipped (%s)", job.name, skip)
+                    continue
+                if serial:
+                    results[job.name] = _run_inline(job)
+                    continue
+                slot = free.pop(0)
+                running[job.name] = (job, *_start(job, slot, env), slot)
+                log.info("%s: started on GPU %s%s", job.name, slot, f" (log {job.log_file})" if job.log_file else "")
+        if not running:
+            continue
+        time.sleep(poll_s)
+        for name, (job, proc, t0, slot) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            free.append(slot)
+            free.sort(key=lambda s: list(slots).index(s))
+            seconds = time.perf_counter() - t0
+            if proc.returncode == 0:
+                results[name] = JobResult(name, "done", seconds, slot=str(slot))
+                log.info("%s: done on GPU %s in %s", name, slot, format_seconds(seconds))
+            else:
+                tail = _tail(job.log_file)
+                results[name] = JobResult(name, "failed", seconds, f"exit status {proc.returncode}", slot=str(slot))
+                log.error("%s: failed on GPU %s (exit status %d) after %s%s", name, slot, proc.returncode,
+                          format_seconds(seconds), f"; end of {job.log_file}:\n{tail}" if tail else "")
+    return {n: results[n] for n in names}
+
+
+def _run_inline(job: Job) -> JobResult:
+    t0 = time.perf_counter()
+    log.info("%s: running", job.name)
+    try:
+        outcome = job.call() if job.call is not None else _run_command(job)
+    except Blocked as exc:
+        log.warning("%s: not run, %s", job.name, exc)
+        return JobResult(job.name, "blocked", message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one failed job must not stop the independent ones
+        log.error("%s: failed after %s: %s\n%s", job.name, format_seconds(time.perf_counter() - t0), exc,
+                  traceback.format_exc())
+        return JobResult(job.name, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
+    seconds = time.perf_counter() - t0
+    if outcome == "skipped":
+        return JobResult(job.name, "skipped", seconds, "finished earlier")
+    log.info("%s: done in %s", job.name, format_seconds(seconds))
+    return JobResult(job.name, "done", seconds)
+
+
+def _run_command(job: Job) -> None:
+    proc, _ = _start(job, None, None)
+    if proc.wait() != 0:
+        raise RuntimeError(f"{' '.join(job.command or [])} exited with status {proc.returncode}")
+
+
+def _start(job: Job, slot: str | None, env: dict | None) -> tuple[subprocess.Popen, float]:
+    if not job.command:
+        raise ValueError(f"job {job.name} has no command to run on a GPU slot")
+    child_env = {**os.environ, **(env or {})}
+    if slot is not None:
+        child_env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    out = None
+    if job.log_file is not None:
+        job.log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = open(job.log_file, "ab")  # noqa: SIM115 - the child keeps it; closed by the OS at its exit
+    try:
+        proc = subprocess.Popen(job.command, env=child_env, stdout=out, stderr=subprocess.STDOUT if out else None)
+    finally:
+        if out is not None:
+            out.close()
+    return proc, time.perf_counter()
+
+
+def _tail(path: Path | None, lines: int = 20) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def parse_ids(text: str | None, what: str) -> list[int] | None:
+    """``"0,2"`` -> ``[0, 2]`` (None for None or empty); errors name the option."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        ids = [int(x) for x in str(text).replace(" ", "").split(",") if x != ""]
+    except ValueError as exc:
+        raise PlanError(f"{what}: expected comma-separated integers such as 0,2, got {text!r}") from exc
+    if any(i < 0 for i in ids):
+        raise PlanError(f"{what}: ids must be 0 or more, got {text!r}")
+    return ids
+
+
+__all__ = ["COORDS_FILES", "COORDS_STEP", "Blocked", "Experiment", "Job", "JobResult", "Plan", "PlanError",
+           "discover_experiments", "plan_experiments", "read_experiment", "run_jobs", "select_experiments",
+           "task_kind"]

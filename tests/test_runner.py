@@ -1,0 +1,196 @@
+"""The runner's plan (discovery, dependency order, errors) and its job scheduler, on plain configs and fake commands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rsna2024.training.runner import (
+    COORDS_STEP,
+    Blocked,
+    Experiment,
+    Job,
+    PlanError,
+    discover_experiments,
+    parse_ids,
+    plan_experiments,
+    run_jobs,
+    select_experiments,
+)
+
+
+def exp(name, task, depends_on=(), **data):
+    raw = {"name": name, "task": task, "depends_on": list(depends_on)}
+    if data:
+        raw["data"] = data
+    return Experiment.from_dict(raw)
+
+
+POOL = [
+    exp("split_spinal_a", "split_spinal"),
+    exp("global_a", "global"),
+    exp("keypoint_axial", "keypoint_axial", depends_on=["keypoint_sagt2"]),
+    exp("keypoint_sagt2", "keypoint_sagt2"),
+    exp("keypoint_sagt1", "keypoint_sagt1"),
+    exp("split_foraminal_a", "split_foraminal"),
+]
+
+
+def names(plan):
+    return [e.name for e in plan.experiments]
+
+
+def test_keypoints_then_coordinates_then_classifiers_with_depends_on_honoured():
+    plan = plan_experiments(POOL)
+    order = names(plan)
+    assert order == ["keypoint_sagt2", "keypoint_axial", "keypoint_sagt1", "split_spinal_a", "global_a",
+                     "split_foraminal_a"]
+    assert sorted(plan.coords_from) == ["keypoint_axial", "keypoint_sagt1", "keypoint_sagt2"]
+    steps = plan.steps
+    assert steps.index(COORDS_STEP) == 3 and steps[4:] == order[3:]
+    assert set(plan.dependencies("global_a")) == {COORDS_STEP}
+    assert plan.dependencies("keypoint_axial") == ["keypoint_sagt2"]
+    assert set(plan.dependencies(COORDS_STEP)) == set(plan.coords_from)
+
+
+def test_a_classifier_can_depend_on_another_experiment_and_waits_for_it():
+    pool = [exp("global_a", "global", depends_on=["split_spinal_a"]), *POOL[:1], *POOL[2:5]]
+    order = names(plan_experiments(pool))
+    assert order.index("split_spinal_a") < order.index("global_a")
+    assert all(order.index(k) < order.index("split_spinal_a") for k in order if k.startswith("keypoint"))
+
+
+def test_selection_pulls_in_dependencies_and_keypoints_only_when_coordinates_are_missing():
+    chosen = select_experiments(POOL, ["keypoint_axial"])
+    assert names(plan_experiments(POOL, chosen)) == ["keypoint_sagt2", "keypoint_axial"]
+    chosen = select_experiments(POOL, ["global_a"])
+    assert names(plan_experiments(POOL, chosen))[-1] == "global_a"
+    assert len(plan_experiments(POOL, chosen).experiments) == 4  # three keypoint models + global_a
+    plan = plan_experiments(POOL, chosen, coords_exist=True)
+    assert names(plan) == ["global_a"] and plan.coords_from == [] and plan.steps == ["global_a"]
+    # on the true points no coordinates are needed at all
+    true_points = exp("global_true", "global", oof_points="true")
+    assert names(plan_experiments([true_points])) == ["global_true"]
+
+
+def test_missing_dependency_is_named():
+    pool = [exp("split_spinal_a", "split_spinal", depends_on=["keypoint_sagt9"]), *POOL[2:5]]
+    with pytest.raises(PlanError, match=r"'split_spinal_a'.*depends on 'keypoint_sagt9'"):
+        plan_experiments(pool)
+    with pytest.raises(PlanError, match=r"no experiment named 'nope'.*known: .*global_a"):
+        select_experiments(POOL, ["nope"])
+
+
+def test_cycle_is_named():
+    pool = [exp("a", "other_task", depends_on=["b"]), exp("b", "other_task", depends_on=["c"]),
+            exp("c", "other_task", depends_on=["a"]), exp("d", "other_task")]
+    with pytest.raises(PlanError, match=r"cycle among experiments: a -> b -> c -> a"):
+        plan_experiments(pool)
+
+
+def test_classifier_without_any_keypoint_source_is_refused():
+    with pytest.raises(PlanError, match=r"'split_spinal_a' reads the keypoint coordinates.*no keypoint experiment"):
+        plan_experiments([POOL[0]])
+    assert names(plan_experiments([POOL[0]], coords_exist=True)) == ["split_spinal_a"]
+
+
+def test_two_keypoint_runs_of_one_task_are_refused():
+    pool = [*POOL, exp("keypoint_sagt2_big", "keypoint_sagt2")]
+    with pytest.raises(PlanError, match=r"keypoint_sagt2, keypoint_sagt2_big are all task 'keypoint_sagt2'"):
+        plan_experiments(pool)
+
+
+def test_discovery_reads_yaml_files_of_one_folder(tmp_path):
+    (tmp_path / "b.yaml").write_text("task: split_spinal\ndepends_on: [a]\n")
+    (tmp_path / "a.yml").write_text("task: keypoint_sagt2\n")
+    (tmp_path / "notes.txt").write_text("not a config")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("task: global\n")
+    found = discover_experiments(tmp_path)
+    assert [(e.name, e.task, e.depends_on) for e in found] == [("a", "keypoint_sagt2", []),
+                                                               ("b", "split_spinal", ["a"])]
+    (tmp_path / "c.yaml").write_text("name: a\ntask: global\n")
+    with pytest.raises(PlanError, match=r"two experiments are named 'a'"):
+        discover_experiments(tmp_path)
+    (tmp_path / "c.yaml").write_text("name: c\n")
+    with pytest.raises(PlanError, match=r"c.yaml: 'task' must be a non-empty string"):
+        discover_experiments(tmp_path)
+
+
+def test_parse_ids():
+    assert parse_ids("0,2", "--folds") == [0, 2] and parse_ids(None, "--folds") is None
+    with pytest.raises(PlanError, match="--gpus: expected comma-separated integers"):
+        parse_ids("0;1", "--gpus")
+
+
+# --------------------------------------------------------------------------- scheduler
+def _fake(tmp_path: Path, name: str, seconds: float = 0.3, fail: bool = False) -> list[str]:
+    """A command that records when it ran and with which CUDA_VISIBLE_DEVICES, sleeps, and exits."""
+    code = (
+        "import json, os, sys, time\n"
+        f"t0 = time.time(); time.sleep({seconds})\n"
+        f"open({str(tmp_path / (name + '.json'))!r}, 'w').write(json.dumps("
+        "{'start': t0, 'end': time.time(), 'gpu': os.environ.get('CUDA_VISIBLE_DEVICES')}))\n"
+        f"sys.exit({1 if fail else 0})\n")
+    return [sys.executable, "-c", code]
+
+
+def _record(tmp_path, name):
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_one_job_per_gpu_at_once_in_dependency_order(tmp_path):
+    # kp folds 0-3 -> coords -> cls folds 0-3; an independent job "other" may run any time
+    jobs = [Job(f"kp{k}", command=_fake(tmp_path, f"kp{k}")) for k in range(4)]
+    jobs.append(Job("coords", deps=[f"kp{k}" for k in range(4)], command=_fake(tmp_path, "coords", 0.1)))
+    jobs += [Job(f"cls{k}", deps=["coords"], command=_fake(tmp_path, f"cls{k}"), log_file=tmp_path / f"cls{k}.log")
+             for k in range(4)]
+    jobs.append(Job("other", command=_fake(tmp_path, "other")))
+    results = run_jobs(jobs, slots=["0", "1"], poll_s=0.02)
+    assert all(r.status == "done" for r in results.values()), results
+    runs = {j.name: _record(tmp_path, j.name) for j in jobs}
+    assert {r["gpu"] for r in runs.values()} == {"0", "1"}
+    for gpu in ("0", "1"):  # never two jobs at once on one GPU
+        spans = sorted((r["start"], r["end"]) for r in runs.values() if r["gpu"] == gpu)
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert max(runs[f"kp{k}"]["end"] for k in range(4)) <= runs["coords"]["start"]
+    assert all(runs["coords"]["end"] <= runs[f"cls{k}"]["start"] for k in range(4))
+    # two GPUs: the four keypoint folds took about two rounds, not four
+    assert max(runs[f"kp{k}"]["end"] for k in range(4)) - min(runs[f"kp{k}"]["start"] for k in range(4)) < 1.1
+
+
+def test_a_failed_job_blocks_its_dependants_only(tmp_path):
+    jobs = [Job("kp0", command=_fake(tmp_path, "kp0", 0.05, fail=True), log_file=tmp_path / "kp0.log"),
+            Job("kp1", command=_fake(tmp_path, "kp1", 0.05)),
+            Job("coords", deps=["kp0", "kp1"], command=_fake(tmp_path, "coords", 0.05)),
+            Job("cls0", deps=["coords"], command=_fake(tmp_path, "cls0", 0.05)),
+            Job("other", command=_fake(tmp_path, "other", 0.05))]
+    results = run_jobs(jobs, slots=["3"], poll_s=0.02)
+    assert {n: r.status for n, r in results.items()} == {"kp0": "failed", "kp1": "done", "coords": "blocked",
+                                                         "cls0": "blocked", "other": "done"}
+    assert "kp0 failed" in results["cls0"].message or "coords blocked" in results["cls0"].message
+    assert not (tmp_path / "coords.json").exists() and _record(tmp_path, "other")["gpu"] == "3"
+
+
+def test_serial_jobs_run_in_process_and_checks_skip_or_block():
+    ran = []
+
+    def call(name):
+        return lambda: ran.append(name)
+
+    def broken():
+        raise ValueError("bad input")
+
+    def blocked():
+        raise Blocked("folds 3, 4 of kp are not finished")
+
+    jobs = [Job("a", call=call("a")), Job("b", call=call("b"), check=lambda: "finished earlier"),
+            Job("c", deps=["a", "b"], call=call("c")), Job("d", call=broken), Job("e", deps=["d"], call=call("e")),
+            Job("f", check=blocked, call=call("f")), Job("g", deps=["f"], call=call("g"))]
+    results = run_jobs(jobs)
+    assert ran == ["a", "c"]
+    assert {n: r.status for n, r in results.items()} == {"a": "done", "b": "skipped", "c": "done", "d": "failed",
+                                                         "e": "blocked", "f": "blocked", "g": "blocked"}
+    assert "ValueError: bad input" in results["d"].message and "folds 3, 4" in results["f"].message
