@@ -116,6 +116,34 @@ def _run_preprocess(args):
     print(f"cache ready: {index}")
 
 
+# --------------------------------------------------------------------------- train
+def _add_train(sub):
+    p = sub.add_parser("train", help="train one fold of one experiment (resumes an interrupted fold, skips a "
+                       "finished one); run it under torchrun for several GPUs")
+    p.add_argument("--config", type=Path, required=True, help="experiment YAML (see experiments/)")
+    p.add_argument("--data", type=Path, required=True, help="data folder in Kaggle layout, with folds.csv")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs"), help="runs root: writes <out>/<experiment>/")
+    p.add_argument("--cache", type=Path, default=None, help="preprocessing cache root (default: <data>/../cache)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 --set data.image_size=256 (repeatable)")
+    return p
+
+
+def _run_train(args):
+    import os
+
+    from rsna2024.training.config import load_config
+    from rsna2024.training.trainer import train_fold
+
+    cfg = load_config(args.config, args.overrides)
+    result = train_fold(cfg, args.data, args.fold, out=args.out, cache=args.cache)
+    state = "already finished" if result.skipped else "done"
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: print once
+            print(f"{cfg.name} fold {result.fold} {state}: best {result.metric} {result.best_value:.5g} "
+              f"at epoch {result.best_epoch + 1} ({result.run_dir})")
+
+
 COMMANDS = {
     "synth": (_add_synth, _run_synth),
     "validate": (_add_validate, _run_validate),
@@ -123,6 +151,7 @@ COMMANDS = {
     "prior": (_add_prior, _run_prior),
     "score": (_add_score, _run_score),
     "preprocess": (_add_preprocess, _run_preprocess),
+    "train": (_add_train, _run_train),
 }
 
 

@@ -15,3 +15,7 @@ class SubmissionError(RsnaError, ValueError):
 
 class DicomError(RsnaError):
     """A DICOM series cannot be read: no readable slice, or a geometry tag is missing."""
+
+
+class ConfigError(RsnaError, ValueError):
+    """An experiment config, model name or task name is invalid (unknown key, wrong type, missing weights)."""

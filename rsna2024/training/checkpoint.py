@@ -1,0 +1,81 @@
+"""Checkpoints of a fold: written atomically, read back for resuming and for inference.
+
+``fold{k}_last.pt`` (after every epoch) holds everything a resume needs: ``model``, ``optimizer``,
+``schedule``, ``scaler``, ``rng`` (python, numpy, torch, cuda), ``epoch``, ``best`` and the ``config``.
+``fold{k}_best.pt`` holds ``model``, ``epoch``, ``metrics`` and ``config``: all inference needs.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rsna2024.utils.io import atomic_path
+
+CHECKPOINT_FORMAT = 1
+
+
+def last_path(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold{fold}_last.pt"
+
+
+def best_path(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / f"fold{fold}_best.pt"
+
+
+def done_path(run_dir: Path, fold: int) -> Path:
+    """The marker of a finished fold (JSON: best epoch and metrics, files written)."""
+    return Path(run_dir) / f"fold{fold}_done.json"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or the model itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) \
+        else model
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, **content) -> Path:
+    """``torch.save`` ``content`` (plus the format version) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **content}, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`save_checkpoint` (it holds RNG states and config dicts, so it is read
+    with ``weights_only=False``: load only checkpoints you made)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_fold_model(run_dir: str | Path, fold: int, device: str | torch.device = "cpu", which: str = "best"):
+    """``(model, cfg)``: a fold's ``best`` (or ``last``) model rebuilt from the config stored in its checkpoint,
+    in eval mode on ``device``. No pretrained weights are fetched (the checkpoint replaces them)."""
+    from rsna2024.training.config import config_from_dict
+    from rsna2024.training.task import create_task
+
+    path = (best_path if which == "best" else last_path)(Path(run_dir), fold)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {which} checkpoint of fold {fold} in {run_dir} ({path.name})")
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"], where=str(path))
+    model = create_task(cfg).build_model(pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg

@@ -1,0 +1,99 @@
+"""What a fold reports: ``metrics.jsonl`` lines, the training-curve PNG, and wandb when the config asks.
+
+``metrics.jsonl`` holds one JSON object per epoch and fold: ``fold, epoch, train_loss, lr, seconds,
+images_per_s`` and every validation metric (``valid_loss`` and the task's).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rsna2024.errors import ConfigError
+from rsna2024.utils.io import atomic_path, atomic_write_text
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path, fold: int | None = None) -> list[dict]:
+    """The records of ``metrics.jsonl`` (of one fold when given)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if fold is None or r.get("fold") == fold]
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(Path(run_dir) / METRICS_FILE, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run_dir: Path, fold: int, before_epoch: int) -> None:
+    """Drop the fold's records of epochs ``>= before_epoch`` (written after the checkpoint a resume starts from)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    keep = [r for r in read_metrics(run_dir) if r.get("fold") != fold or r["epoch"] < before_epoch]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def plot_curves(records: list[dict], path: Path, metric: str, title: str = "") -> Path:
+    """Loss (train, valid), the selection metric and the learning rate against epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    axes[0].plot(epochs, [r.get("valid_loss", math.nan) for r in records], "o-", label="valid")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    axes[1].plot(epochs, [r.get(metric, math.nan) for r in records], "o-", color="C2")
+    axes[1].set_title(metric)
+    axes[2].plot(epochs, [r["lr"] for r in records], "o-", color="C3")
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+class WandbRun:
+    """A wandb run per fold when ``cfg.wandb.enabled`` (wandb imported only then); otherwise does nothing."""
+
+    def __init__(self, cfg, fold: int, run_dir: Path, enabled: bool = True):
+        self.run = None
+        if not (cfg.wandb.enabled and enabled):
+            return
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ConfigError("wandb.enabled is true but wandb is not installed: `pip install wandb` "
+                              "(or the kit's extra: pip install -e '.[wandb]'), or set wandb.enabled: false") from exc
+        from rsna2024.training.config import config_to_dict
+
+        w = cfg.wandb
+        self.run = wandb.init(project=w.project, entity=w.entity, mode=w.mode, group=cfg.name, tags=w.tags or None,
+                              name=f"{cfg.name}-fold{fold}", id=f"{cfg.name}-fold{fold}", resume="allow",
+                              dir=str(run_dir), config={**config_to_dict(cfg), "fold": fold})
+
+    def log(self, record: dict) -> None:
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["epoch"])
+
+    def finish(self, summary: dict | None = None) -> None:
+        if self.run is not None:
+            if summary:
+                self.run.summary.update(summary)
+            self.run.finish()
+            self.run = None
