@@ -132,3 +132,20 @@ def write_table(table: pd.DataFrame, runs_dir: str | Path) -> Path:
     atomic_write_text(path, text)
     log.info("wrote %s", path)
     return path
+
+
+def keypoint_errors(data_dir: str | Path, coords: Path, out: Path, cache: str | Path | None) -> str | None:
+    """The keypoint OOF 3-D errors per series type (all levels; :func:`rsna2024.keypoints.report.keypoint_report`
+    into ``out``, redone when ``coords`` is newer), as text; None without a coordinates file."""
+    if not Path(coords).is_file():
+        return None
+    errors_csv = Path(out) / "errors.csv"
+    if not errors_csv.is_file() or errors_csv.stat().st_mtime_ns < Path(coords).stat().st_mtime_ns:
+        from rsna2024.keypoints.report import keypoint_report
+        from rsna2024.keypoints.studies import resolve_cache
+
+        keypoint_report(data_dir, coords, out, resolve_cache(data_dir, cache))
+    table = pd.read_csv(errors_csv)
+    overall = table[table["level"] == "all"].drop(columns=["level"])
+    text = overall.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}")
+    return f"Keypoint OOF 3-D error (mm) of {coords.name}, all levels (per level: {errors_csv})\n{text}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from rsna2024.errors import RsnaError
+from rsna2024.errors import ConfigError
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -42,7 +43,7 @@ CLASSIFIER_FAMILIES = {"split_spinal": "split", "split_foraminal": "split", "spl
 KIND_ORDER = {"keypoint": 0, "other": 1, "classifier": 2}
 
 
-class PlanError(RsnaError, ValueError):
+class PlanError(ConfigError):
     """The experiments cannot be run as asked: a missing dependency, a cycle, a duplicate name, a bad option."""
 
 
@@ -277,6 +278,7 @@ class Job:
     command: list[str] | None = None
     check: Callable[[], str | None] = lambda: None
     log_file: Path | None = None
+    after: Callable[[], object] | None = None  # run in this process after the command succeeded
 
 
 @dataclass
@@ -357,6 +359,8 @@ def run_jobs(jobs: Sequence[Job], slots: Sequence[str | None] = (None,), poll_s:
             seconds = time.perf_counter() - t0
             if proc.returncode == 0:
                 results[name] = JobResult(name, "done", seconds, slot=str(slot))
+                if job.after is not None:
+                    job.after()
                 log.info("%s: done on GPU %s in %s", name, slot, format_seconds(seconds))
             else:
                 tail = _tail(job.log_file)
@@ -371,6 +375,8 @@ def _run_inline(job: Job) -> JobResult:
     log.info("%s: running", job.name)
     try:
         outcome = job.call() if job.call is not None else _run_command(job)
+        if job.after is not None:
+            job.after()
     except Blocked as exc:
         log.warning("%s: not run, %s", job.name, exc)
         return JobResult(job.name, "blocked", message=str(exc))
@@ -432,6 +438,281 @@ def parse_ids(text: str | None, what: str) -> list[int] | None:
     return ids
 
 
-__all__ = ["COORDS_FILES", "COORDS_STEP", "Blocked", "Experiment", "Job", "JobResult", "Plan", "PlanError",
-           "discover_experiments", "plan_experiments", "read_experiment", "run_jobs", "select_experiments",
-           "task_kind"]
+# --------------------------------------------------------------------------- the pipeline
+@dataclass
+class RunOptions:
+    """What ``python main.py`` / ``rsna2024 run`` was asked for (see :func:`add_run_arguments`)."""
+
+    data: Path
+    experiments_dir: Path = Path("experiments")
+    experiments: list[str] | None = None  # names or YAML paths (and folders, which replace experiments_dir)
+    runs: Path = Path("runs")
+    cache: Path | None = None  # preprocessing cache root (default: beside the data folder)
+    folds: list[int] | None = None  # None: every fold of folds.csv
+    device: str | None = None  # auto | cpu | cuda; None: each config's own
+    gpus: list[int] | None = None  # one subprocess per GPU at a time
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE for every experiment
+    workers: int = 2  # preprocessing processes
+
+
+def add_run_arguments(p, experiments_default: str = "experiments", runs_default: str = "runs") -> None:
+    """The runner's options on an argparse parser (``main.py`` and ``rsna2024 run`` share them)."""
+    p.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
+                   help=f"experiments to run: names in the experiments folder ({experiments_default}/), YAML files, "
+                        "or a folder of YAML files; their dependencies join them (default: every config there)")
+    p.add_argument("--folds", default=None, metavar="K,K", help="folds of folds.csv to train, e.g. 0,2 (default: all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="device of every experiment (default: each config's own, normally auto = CUDA when present)")
+    p.add_argument("--gpus", default=None, metavar="G,G",
+                   help="run one fold per GPU at once, each a subprocess pinned by CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3")
+    p.add_argument("--runs", type=Path, default=Path(runs_default),
+                   help=f"runs folder: <runs>/<experiment>/, coordinates and oof_scores.csv (default: {runs_default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of every experiment config, e.g. --set epochs=2 (repeatable)")
+
+
+def options_from_args(args, data: Path, experiments_dir: Path) -> RunOptions:
+    return RunOptions(data=Path(data), experiments_dir=Path(experiments_dir), experiments=args.experiments,
+                      runs=Path(args.runs), cache=args.cache, folds=parse_ids(args.folds, "--folds"),
+                      device=args.device, gpus=parse_ids(args.gpus, "--gpus"), overrides=list(args.overrides),
+                      workers=args.workers)
+
+
+def prepare_data(data: Path, cache: Path | None, workers: int) -> bool:
+    """Validate the data folder (report printed), write ``folds.csv`` when absent and fill the cache."""
+    from rsna2024.data.folds import FOLDS_FILE, make_folds
+    from rsna2024.data.validate import validate_data
+    from rsna2024.dicom.cache import preprocess
+
+    t0 = time.perf_counter()
+    report = validate_data(data)
+    print(report.format())
+    if not report.ok:
+        return False
+    if not (data / FOLDS_FILE).exists():
+        make_folds(data)
+    log.info("folds: %s", data / FOLDS_FILE)
+    index = preprocess(data, cache_root=cache, split="all", workers=workers)
+    log.info("data ready in %s (cache index %s)", format_seconds(time.perf_counter() - t0), index)
+    return True
+
+
+def _pool_and_selection(opts: RunOptions) -> tuple[list[Experiment], list[Experiment] | None]:
+    items = list(opts.experiments or [])
+    folders = [Path(i) for i in items if Path(i).is_dir()]
+    rest = [i for i in items if not Path(i).is_dir()]
+    pool = check_unique_names([e for f in (folders or [opts.experiments_dir]) for e in
+                               discover_experiments(f, opts.overrides)])
+    if folders and not rest:
+        return pool, None
+    return pool, select_experiments(pool, rest, opts.overrides) if rest else None
+
+
+class FoldJobs:
+    """Builds the jobs of a plan: ``<experiment> fold <k>`` per experiment and fold, and the coordinates."""
+
+    def __init__(self, plan: Plan, opts: RunOptions, fold_ids: list[int], n_folds: int):
+        from rsna2024.training.config import load_config
+
+        self.plan, self.opts, self.fold_ids, self.n_folds = plan, opts, fold_ids, n_folds
+        self.device_override = [f"device={opts.device}"] if opts.device else []
+        # every config typed and checked before anything trains
+        self.configs = {e.name: load_config(e.path, [*opts.overrides, *self.device_override])
+                        for e in plan.experiments}
+        for e in plan.experiments:
+            if self.configs[e.name].folds != n_folds:
+                raise PlanError(f"{e.path}: folds: {self.configs[e.name].folds}, but {opts.data / 'folds.csv'} has "
+                                f"{n_folds} folds")
+
+    def run_dir(self, name: str) -> Path:
+        return self.opts.runs / name
+
+    @staticmethod
+    def fold_job(name: str, k: int) -> str:
+        return f"{name} fold {k}"
+
+    def coords_job(self, split: str) -> str:
+        return f"{COORDS_STEP} ({'out of fold' if split == 'train' else 'test'})"
+
+    def jobs(self) -> list[Job]:
+        out: list[Job] = []
+        for step in self.plan.steps:
+            if step == COORDS_STEP:
+                out += [self._coords(split) for split in COORDS_FILES]
+                continue
+            deps = []
+            for d in self.plan.dependencies(step):
+                deps += [self.coords_job("train")] if d == COORDS_STEP else \
+                    [self.fold_job(d, k) for k in self.fold_ids]
+            out += [self._train(step, k, deps) for k in self.fold_ids]
+        return out
+
+    # ----------------------------------------------------------------- training
+    def _train(self, name: str, k: int, deps: list[str]) -> Job:
+        from rsna2024.training.checkpoint import done_path
+
+        exp = next(e for e in self.plan.experiments if e.name == name)
+        opts = self.opts
+        command = [sys.executable, "-m", "rsna2024.cli", "train", "--config", str(exp.path), "--data", str(opts.data),
+                   "--fold", str(k), "--out", str(opts.runs), *(["--cache", str(opts.cache)] if opts.cache else [])]
+        for item in [*opts.overrides, *(self.device_override or ["device=cuda"])]:
+            command += ["--set", item]
+
+        def check() -> str | None:
+            return "finished earlier" if done_path(self.run_dir(name), k).is_file() else None
+
+        def call() -> str:
+            from rsna2024.training.trainer import train_fold
+
+            result = train_fold(self.configs[name], opts.data, k, out=opts.runs, cache=opts.cache)
+            return "skipped" if result.skipped else "done"
+
+        return Job(self.fold_job(name, k), deps=deps, call=call, command=command, check=check,
+                   log_file=opts.runs / "logs" / f"{name}_fold{k}.log")
+
+    # ----------------------------------------------------------------- coordinates
+    def coords_inputs(self) -> dict:
+        """Per keypoint run, a digest of each fold's ``done`` marker: the coordinates' provenance."""
+        import hashlib
+
+        from rsna2024.training.checkpoint import done_path
+
+        out: dict[str, dict[str, str | None]] = {}
+        for name in self.plan.coords_from:
+            out[name] = {}
+            for k in range(self.n_folds):
+                p = done_path(self.run_dir(name), k)
+                out[name][str(k)] = hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else None
+        return out
+
+    def _coords(self, split: str) -> Job:
+        import json
+
+        from rsna2024.utils.io import atomic_write_text
+
+        opts = self.opts
+        out = opts.runs / COORDS_FILES[split]
+        sidecar = out.with_suffix(".inputs.json")
+        runs = [self.run_dir(n) for n in self.plan.coords_from]
+        device = opts.device or "auto"
+        deps = [self.fold_job(n, k) for n in self.plan.coords_from for k in self.fold_ids]
+        command = [sys.executable, "-m", "rsna2024.cli", "coords", "--data", str(opts.data), "--runs",
+                   *map(str, runs), "--split", split, "--out", str(out), "--device", opts.device or "cuda",
+                   "--overwrite", *(["--cache", str(opts.cache)] if opts.cache else [])]
+
+        def check() -> str | None:
+            inputs = self.coords_inputs()
+            unfinished = {n: [int(k) for k, v in folds.items() if v is None] for n, folds in inputs.items()}
+            unfinished = {n: ks for n, ks in unfinished.items() if ks}
+            if unfinished:
+                what = "; ".join(f"{n} fold(s) {', '.join(map(str, ks))}" for n, ks in unfinished.items())
+                raise Blocked(f"{COORDS_FILES[split]} needs every fold of the keypoint runs; not finished: {what}")
+            if split == "test" and not self._has_test_series():
+                return "no test series in the cache"
+            if out.is_file():
+                if not sidecar.is_file():
+                    return f"{out} exists and was not made by the runner: kept as it is"
+                if json.loads(sidecar.read_text()) == inputs:
+                    return f"{out} is up to date"
+                log.warning("%s: the keypoint runs changed since it was made; predicting it again", out)
+            return None
+
+        def call() -> None:
+            from rsna2024.keypoints.coords import write_coordinates
+            from rsna2024.keypoints.studies import resolve_cache
+
+            write_coordinates(opts.data, runs, split, out, resolve_cache(opts.data, opts.cache), overwrite=True,
+                              device=device)
+
+        def after() -> None:
+            atomic_write_text(sidecar, json.dumps(self.coords_inputs(), indent=1))
+
+        return Job(self.coords_job(split), deps=deps, call=call, command=command, check=check, after=after,
+                   log_file=opts.runs / "logs" / f"coords_{split}.log")
+
+    def _has_test_series(self) -> bool:
+        from rsna2024.dicom.cache import load_cache_index
+        from rsna2024.keypoints.studies import resolve_cache
+
+        index = load_cache_index(resolve_cache(self.opts.data, self.opts.cache))
+        return bool((index["split"] == "test").any())
+
+
+def _slots(gpus: list[int] | None) -> list[str | None]:
+    if not gpus:
+        return [None]
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise PlanError("--gpus needs CUDA devices, and none is visible here; run without --gpus to train the "
+                        "folds one after another")
+    bad = [g for g in gpus if g >= count]
+    if bad:
+        raise PlanError(f"--gpus {','.join(map(str, gpus))}: GPU {bad[0]} does not exist ({count} visible: "
+                        f"0..{count - 1})")
+    return [str(g) for g in gpus]
+
+
+def run_experiments(opts: RunOptions) -> int:
+    """Plan, train every fold, make the coordinates, print and write the OOF table. 0 when every job ended well."""
+    from rsna2024.data.folds import FOLDS_FILE, load_folds
+    from rsna2024.training import report
+
+    pool, selected = _pool_and_selection(opts)
+    plan = plan_experiments(pool, selected, coords_exist=(opts.runs / COORDS_FILES["train"]).is_file())
+    folds = load_folds(opts.data / FOLDS_FILE)
+    n_folds = int(folds["fold"].max()) + 1
+    fold_ids = opts.folds if opts.folds is not None else list(range(n_folds))
+    bad = [k for k in fold_ids if k >= n_folds]
+    if bad:
+        raise PlanError(f"--folds: fold {bad[0]} does not exist ({opts.data / FOLDS_FILE} has folds 0..{n_folds - 1})")
+    slots = _slots(opts.gpus)
+    builder = FoldJobs(plan, opts, fold_ids, n_folds)
+    jobs = builder.jobs()
+    log.info("plan: %s; folds %s; %s", " -> ".join(plan.steps) or "nothing", ",".join(map(str, fold_ids)),
+             "serial in this process" if slots == [None] else f"one job per GPU on GPUs {','.join(slots)}")
+    t0 = time.perf_counter()
+    results = run_jobs(jobs, slots)
+    print(format_timings(plan, builder, results, time.perf_counter() - t0))
+
+    classifiers = [(e.name, e.family) for e in plan.experiments if e.kind == "classifier"]
+    table = report.oof_table(opts.data, opts.runs, classifiers, folds, fold_ids)
+    print(report.format_table(table, _table_title(fold_ids, int(table["studies"].iloc[-1]))))
+    report.write_table(table, opts.runs)
+    errors = report.keypoint_errors(opts.data, opts.runs / COORDS_FILES["train"], opts.runs / "keypoint_report",
+                                    opts.cache)
+    if errors is not None:
+        print(errors)
+    failed = [r for r in results.values() if r.status in ("failed", "blocked")]
+    if failed:
+        log.error("%d job(s) did not finish: %s", len(failed), ", ".join(f"{r.name} ({r.status})" for r in failed))
+    return 1 if failed else 0
+
+
+def _table_title(fold_ids: list[int], studies: int) -> str:
+    return (f"OOF scores, folds {','.join(map(str, fold_ids))} ({studies} studies), on predicted keypoint coordinates "
+            f"(true_pts: total on the true points; vs_prior: total / the prior's total)")
+
+
+def format_timings(plan: Plan, builder: FoldJobs, results: dict[str, JobResult], seconds: float) -> str:
+    """One line per step: folds trained / skipped / not finished, and the seconds spent."""
+    lines = [f"steps ({format_seconds(seconds)} in all)"]
+    for step in plan.steps:
+        names = [builder.coords_job(s) for s in COORDS_FILES] if step == COORDS_STEP else \
+            [builder.fold_job(step, k) for k in builder.fold_ids]
+        rs = [results[n] for n in names if n in results]
+        count = {s: sum(r.status == s for r in rs) for s in ("done", "skipped", "failed", "blocked")}
+        text = ", ".join(f"{v} {k}" for k, v in count.items() if v)
+        lines.append(f"  {step:<28} {text:<32} {format_seconds(sum(r.seconds for r in rs))}")
+    return "\n".join(lines)
+
+
+def run_pipeline(opts: RunOptions) -> int:
+    """Data (validate, folds, cache) then :func:`run_experiments`; 1 when the data is invalid."""
+    t0 = time.perf_counter()
+    if not prepare_data(opts.data, opts.cache, opts.workers):
+        return 1
+    rc = run_experiments(opts)
+    log.info("finished in %s", format_seconds(time.perf_counter() - t0))
+    return rc
