@@ -144,6 +144,59 @@ def _run_train(args):
               f"at epoch {result.best_epoch + 1} ({result.run_dir})")
 
 
+# --------------------------------------------------------------------------- coords
+def _add_coords(sub):
+    p = sub.add_parser("coords", help="predicted keypoint coordinates of every study of a split from trained "
+                                      "keypoint runs (train: out of fold; test: mean of the fold models)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="keypoint run folders (runs/<experiment>), any of keypoint_sagt2, _sagt1, _axial; "
+                        "the axial run needs the Sag T2 run")
+    p.add_argument("--split", choices=["train", "test"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="coordinates CSV to write")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="preprocessing cache root or parameter folder (default: <data>/../cache)")
+    p.add_argument("--folds", type=Path, default=None, help="train split: folds.csv (default: <data>/folds.csv)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _run_coords(args):
+    from rsna2024.keypoints.coords import write_coordinates
+    from rsna2024.keypoints.studies import resolve_cache
+
+    path = write_coordinates(args.data, args.runs, args.split, args.out, resolve_cache(args.data, args.cache),
+                             overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
+                             folds_path=args.folds)
+    print(f"coordinates written to {path}")
+
+
+# --------------------------------------------------------------------------- keypoint-report
+def _add_keypoint_report(sub):
+    p = sub.add_parser("keypoint-report", help="3-D error (mm) of predicted coordinates against the true ones, "
+                                               "axial slice choice and overlays")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--coords", type=Path, required=True, help="a coordinates CSV of `rsna2024 coords --split train`")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="preprocessing cache root or parameter folder (default: <data>/../cache)")
+    p.add_argument("--overlays", type=int, default=4, help="studies drawn (largest median error first)")
+    return p
+
+
+def _run_keypoint_report(args):
+    from rsna2024.keypoints.report import keypoint_report
+    from rsna2024.keypoints.studies import resolve_cache
+
+    tables = keypoint_report(args.data, args.coords, args.out, resolve_cache(args.data, args.cache),
+                             overlays=args.overlays)
+    print(tables["errors"].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(tables["axial_slices"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"report written to {args.out / 'report.md'}")
+
+
 COMMANDS = {
     "synth": (_add_synth, _run_synth),
     "validate": (_add_validate, _run_validate),
@@ -152,6 +205,8 @@ COMMANDS = {
     "score": (_add_score, _run_score),
     "preprocess": (_add_preprocess, _run_preprocess),
     "train": (_add_train, _run_train),
+    "coords": (_add_coords, _run_coords),
+    "keypoint-report": (_add_keypoint_report, _run_keypoint_report),
 }
 
 

@@ -25,3 +25,11 @@ def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom") / "data"
     return generate_dataset(out, studies=PHANTOM_TRAIN_STUDIES, test_studies=PHANTOM_TEST_STUDIES, seed=0,
                             size="small", workers=1, quirks=TEST_QUIRKS)
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(phantom_dir, tmp_path_factory) -> Path:
+    """The preprocessing cache folder (default parameters) of :func:`phantom_dir`, both splits. Read-only."""
+    from rsna2024.dicom.cache import preprocess
+
+    return preprocess(phantom_dir, cache_root=tmp_path_factory.mktemp("phantom_cache"), split="all").parent

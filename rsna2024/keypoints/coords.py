@@ -1,0 +1,231 @@
+"""Predicted coordinates of every study of a split, from trained keypoint runs: the file stage 2 reads.
+
+Columns: those of ``train_label_coordinates.csv`` (``study_id, series_id, instance_number, condition, level,
+x, y``: the stored grid of the DICOM file) plus ``confidence`` (heatmap peak), ``fold`` and the patient point
+``x_mm, y_mm, z_mm``. Every study gets its 25 rows; a row the models could not fill keeps empty coordinates and
+its cause is logged as a warning naming the study.
+
+- ``train``: out of fold. A study is predicted by the model of its fold in ``folds.csv`` (which never saw it).
+- ``test``: every fold model predicts; the points are averaged in patient mm, then projected back onto the
+  series' nearest slice (its InstanceNumber and stored x, y); ``fold`` is -1 and ``confidence`` the mean.
+
+Sagittal T2 runs first: its predicted spinal points choose the axial slice of each level for the axial model.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rsna2024.constants import AXIAL_T2, CONDITION_NAMES, CONDITIONS, LEVEL_FROM_NAME, LEVEL_NAMES, LEVELS
+from rsna2024.data.contract import load_series_descriptions
+from rsna2024.data.folds import load_folds
+from rsna2024.errors import ConfigError, RsnaError
+from rsna2024.keypoints.datasets import KeypointDataset
+from rsna2024.keypoints.predict import POINT_COLUMNS, decode_to_canonical, predict_heatmaps, sample_rows
+from rsna2024.keypoints.samples import Sample, axial_samples, study_samples
+from rsna2024.keypoints.studies import StudySeries, require_split_cache
+from rsna2024.keypoints.tasks import TASKS, KeypointTask
+from rsna2024.utils.io import atomic_to_csv, check_overwrite
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+COORDS_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y", "confidence", "fold",
+                  "x_mm", "y_mm", "z_mm"]
+
+
+@dataclass
+class KeypointRun:
+    """One trained keypoint experiment: its task and its fold models (fold -> model, eval mode)."""
+
+    run_dir: Path
+    task: KeypointTask
+    models: dict[int, torch.nn.Module]
+
+    @property
+    def kind(self) -> str:
+        return self.task.kind
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                        ("cpu" if device == "auto" else device))
+
+
+def load_run(run_dir: str | Path, device: torch.device, folds: Sequence[int] | None = None) -> KeypointRun:
+    """The fold models of a keypoint run folder (``fold{k}_best.pt``; every fold found, or ``folds``)."""
+    from rsna2024.training.checkpoint import best_path, load_fold_model
+    from rsna2024.training.task import create_task
+
+    run_dir = Path(run_dir)
+    if folds is None:
+        folds = sorted(int(p.name[4:].split("_")[0]) for p in run_dir.glob("fold*_best.pt"))
+    if not folds:
+        raise RsnaError(f"{run_dir}: no fold*_best.pt checkpoint; train the run first (`rsna2024 train`)")
+    models, task = {}, None
+    for k in folds:
+        if not best_path(run_dir, k).is_file():
+            raise RsnaError(f"{run_dir}: fold {k} has no best checkpoint ({best_path(run_dir, k).name})")
+        model, cfg = load_fold_model(run_dir, k, device=device)
+        task = create_task(cfg)
+        if not isinstance(task, KeypointTask):
+            raise ConfigError(f"{run_dir}: task {cfg.task!r} is not a keypoint task ({', '.join(TASKS.values())})")
+        models[k] = model
+    return KeypointRun(run_dir, task, models)
+
+
+def _empty_rows(study_id: int, conditions, levels=LEVELS) -> list[dict]:
+    return [{"study_id": study_id, "condition": CONDITION_NAMES[c], "level": LEVEL_NAMES[lv]}
+            for c in conditions for lv in levels]
+
+
+class CoordinatePredictor:
+    """Runs the keypoint runs over the studies of a split and collects their rows."""
+
+    def __init__(self, runs: Sequence[KeypointRun], studies: StudySeries, study_folds: dict[int, int] | None,
+                 device: torch.device, batch_size: int = 8):
+        self.runs = {r.kind: r for r in runs}
+        if len(self.runs) != len(runs):
+            raise ConfigError(f"two runs of the same keypoint task among {[str(r.run_dir) for r in runs]}")
+        if "axial" in self.runs and "sagt2" not in self.runs:
+            raise ConfigError("the axial keypoint run needs a Sagittal T2 run beside it (its predicted spinal "
+                              "points choose the axial slices)")
+        self.studies = studies
+        self.study_folds = study_folds  # None: test split, average every fold
+        self.device = device
+        self.batch_size = batch_size
+        self.rows: list[dict] = []
+        self.level_points: dict[int, dict[str, np.ndarray]] = {}
+
+    def _warn(self, study_id: int, what: str, cause: str) -> None:
+        log.warning("study %s: no %s coordinates: %s", study_id, what, cause)
+
+    def _predict(self, run: KeypointRun, samples: list[Sample]) -> pd.DataFrame:
+        """Rows of ``samples`` (POINT_COLUMNS + fold): per fold model out of fold, or averaged over folds."""
+        if not samples:
+            return pd.DataFrame(columns=POINT_COLUMNS + ["fold"])
+        data = run.task.data
+        tables = []
+        for fold, model in sorted(run.models.items()):
+            chosen = samples if self.study_folds is None else \
+                [s for s in samples if self.study_folds.get(s.study_id) == fold]
+            if not chosen:
+                continue
+            ds = KeypointDataset(chosen, self.studies, data.image_size, data.sigma)
+            maps = predict_heatmaps(model, ds, self.device, self.batch_size)
+            rows = []
+            for sample, m in zip(chosen, maps):
+                series = self.studies.load(sample.study_id, sample.series_id)
+                points, conf = decode_to_canonical(m, ds.size, series.pixels.shape[1:])
+                rows.extend(sample_rows(sample, series, points, conf))
+            tables.append(pd.DataFrame(rows, columns=POINT_COLUMNS).assign(fold=fold))
+        if not tables:
+            return pd.DataFrame(columns=POINT_COLUMNS + ["fold"])
+        return pd.concat(tables, ignore_index=True)
+
+    def _average(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Test split: fold predictions averaged in mm, projected onto the series' nearest slice."""
+        if table.empty:
+            return table
+        out = []
+        for (sid, series_id, cond, level), g in table.groupby(["study_id", "series_id", "condition", "level"]):
+            mm = g[["x_mm", "y_mm", "z_mm"]].to_numpy().mean(axis=0)
+            proj = self.studies.load(int(sid), int(series_id)).from_patient(mm)
+            out.append({"study_id": sid, "series_id": series_id, "instance_number": proj.instance_number,
+                        "condition": cond, "level": level, "x": proj.x, "y": proj.y,
+                        "confidence": g["confidence"].mean(), "fold": -1, "x_mm": mm[0], "y_mm": mm[1],
+                        "z_mm": mm[2]})
+        return pd.DataFrame(out)
+
+    def _study_samples(self, kind: str, study_id: int) -> list[Sample]:
+        """The inference samples of one study (warning, and none, when its series is missing or unreadable)."""
+        data = self.runs[kind].task.data
+        what = {"sagt2": "Sagittal T2/STIR", "sagt1": "Sagittal T1", "axial": "Axial T2"}[kind]
+        try:
+            if kind != "axial":
+                found, why = study_samples(kind, self.studies, study_id, None, n_slices=data.slices,
+                                           offset_mm=data.offset_mm)
+                if why is not None:
+                    self._warn(study_id, what, why)
+                return found
+            why = self.studies.problem(study_id, AXIAL_T2)
+            if why is not None:
+                self._warn(study_id, what, why)
+                return []
+            found, missing = axial_samples(self.studies.series(study_id, AXIAL_T2),
+                                           self.level_points.get(study_id, {}), data.slices, data.max_distance_mm)
+            for level, why in missing.items():
+                self._warn(study_id, f"{what} {LEVEL_NAMES[level]}", why)
+            return found
+        except (OSError, ValueError, KeyError, RsnaError) as exc:
+            self._warn(study_id, what, f"cannot read its series from the cache: {exc}")
+            return []
+
+    def run_task(self, kind: str, study_ids: Sequence[int]) -> None:
+        """Predict ``kind``'s points of every study and keep the rows (Sag T2 also keeps the level points)."""
+        samples = [s for sid in study_ids for s in self._study_samples(kind, sid)]
+        table = self._predict(self.runs[kind], samples)
+        if self.study_folds is None:
+            table = self._average(table)
+        if kind == "sagt2":
+            for r in table.itertuples(index=False):
+                self.level_points.setdefault(int(r.study_id), {})[LEVEL_FROM_NAME[r.level]] = \
+                    np.array([r.x_mm, r.y_mm, r.z_mm])
+        self.rows.extend(table[COORDS_COLUMNS].to_dict("records"))
+
+    def table(self, study_ids: Sequence[int]) -> pd.DataFrame:
+        """All rows (25 per study), empty coordinates where nothing was predicted."""
+        full = pd.DataFrame([r for sid in study_ids for r in _empty_rows(sid, CONDITIONS)])
+        pred = pd.DataFrame(self.rows, columns=COORDS_COLUMNS)
+        out = full.merge(pred, on=["study_id", "condition", "level"], how="left", validate="one_to_one")
+        out = out[COORDS_COLUMNS].astype({"series_id": "Int64", "instance_number": "Int64", "fold": "Int64"})
+        return out.sort_values(["study_id", "condition", "level"], ignore_index=True)
+
+
+def predict_coordinates(data: str | Path, runs: Sequence[str | Path], split: str, cache: str | Path,
+                        device: str = "auto", batch_size: int = 8, folds_path: str | Path | None = None,
+                        ) -> pd.DataFrame:
+    """The coordinates table of every study of ``split`` (``train``: out of fold; ``test``: fold mean)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    dev = resolve_device(device)
+    require_split_cache(cache, split)
+    descriptions = load_series_descriptions(data, split)
+    studies = StudySeries(cache, descriptions, split)
+    study_ids = studies.study_ids
+    study_folds = None
+    if split == "train":
+        folds = load_folds(folds_path or Path(data) / "folds.csv")
+        study_folds = dict(zip(folds["study_id"].astype(int), folds["fold"].astype(int)))
+        absent = [s for s in study_ids if s not in study_folds]
+        if absent:
+            raise RsnaError(f"{len(absent)} training studies are not in folds.csv (e.g. {absent[:3]}); "
+                            f"rerun `rsna2024 folds --overwrite`")
+    loaded = [load_run(r, dev) for r in runs]
+    if split == "train":
+        for run in loaded:
+            lacking = sorted(set(study_folds.values()) - set(run.models))
+            if lacking:
+                raise RsnaError(f"{run.run_dir}: folds {lacking} have no best checkpoint; out-of-fold "
+                                f"coordinates need every fold")
+    predictor = CoordinatePredictor(loaded, studies, study_folds, dev, batch_size)
+    for kind in ("sagt2", "sagt1", "axial"):
+        if kind in predictor.runs:
+            predictor.run_task(kind, study_ids)
+    return predictor.table(study_ids)
+
+
+def write_coordinates(data: str | Path, runs: Sequence[str | Path], split: str, out: str | Path, cache: str | Path,
+                      overwrite: bool = False, **kwargs) -> Path:
+    """:func:`predict_coordinates` written to ``out`` atomically (refusing to replace it without ``overwrite``)."""
+    check_overwrite(out, overwrite)
+    table = predict_coordinates(data, runs, split, cache, **kwargs)
+    empty = int(table["x"].isna().sum())
+    log.info("%d coordinate rows of %d studies, %d without coordinates", len(table), table["study_id"].nunique(),
+             empty)
+    return atomic_to_csv(table, out)
