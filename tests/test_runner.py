@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -194,3 +195,105 @@ def test_serial_jobs_run_in_process_and_checks_skip_or_block():
     assert {n: r.status for n, r in results.items()} == {"a": "done", "b": "skipped", "c": "done", "d": "failed",
                                                          "e": "blocked", "f": "blocked", "g": "blocked"}
     assert "ValueError: bad input" in results["d"].message and "folds 3, 4" in results["f"].message
+
+
+# --------------------------------------------------------------------------- the runner on the toy task
+TESTS = Path(__file__).resolve().parent
+TOY = {"task": "toy_task:ToyPointTask", "epochs": 2, "batch_size": 2, "folds": 2, "workers": 0, "device": "cpu",
+       "seed": 3, "model": {"name": "keypoint_tiny"}, "optim": {"lr": 3.0e-3}, "data": {"image_size": 32}}
+
+
+@pytest.fixture
+def toy_setup(tmp_path, phantom_dir):
+    """Two toy experiments (b depends on a) and a data folder with the phantom's labels in 2 folds."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from rsna2024.training.runner import RunOptions
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(phantom_dir / "train.csv", data / "train.csv")
+    ids = sorted(pd.read_csv(data / "train.csv")["study_id"])
+    pd.DataFrame({"study_id": ids, "fold": [i % 2 for i in range(len(ids))]}).to_csv(data / "folds.csv", index=False)
+    exps = tmp_path / "experiments"
+    exps.mkdir()
+    (exps / "toy_b.yaml").write_text(yaml.safe_dump({**TOY, "depends_on": ["toy_a"]}))
+    (exps / "toy_a.yaml").write_text(yaml.safe_dump(TOY))
+    return RunOptions(data=data, experiments_dir=exps, runs=tmp_path / "runs")
+
+
+def test_runner_trains_every_fold_in_order_then_skips_them(toy_setup, capsys, caplog):
+    import pandas as pd
+
+    from rsna2024.training.runner import run_experiments
+
+    opts = toy_setup
+    assert run_experiments(opts) == 0
+    out = capsys.readouterr().out
+    a_done, b_done = (opts.runs / "toy_a" / "fold1_done.json"), (opts.runs / "toy_b" / "fold0_done.json")
+    assert a_done.stat().st_mtime_ns < b_done.stat().st_mtime_ns  # b waited for every fold of a
+    assert all((opts.runs / e / f"fold{k}_done.json").is_file() for e in ("toy_a", "toy_b") for k in (0, 1))
+    assert re.search(r"toy_a\s+2 done", out) and re.search(r"toy_b\s+2 done", out)
+    table = pd.read_csv(opts.runs / "oof_scores.csv")
+    assert list(table["experiment"]) == ["image-free prior"] and table["vs_prior"].iloc[0] == 1.0
+    assert "image-free prior" in out and "OOF scores, folds 0,1 (8 studies)" in out
+
+    stamps = {p: p.stat().st_mtime_ns for p in opts.runs.rglob("*") if p.is_file() and p.name != "oof_scores.csv"}
+    table_time = (opts.runs / "oof_scores.csv").stat().st_mtime_ns
+    caplog.clear()
+    opts.folds = [1]
+    assert run_experiments(opts) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"toy_a\s+1 skipped", out) and "OOF scores, folds 1 (4 studies)" in out
+    assert "toy_b fold 1: skipped (finished earlier)" in caplog.text and "fold 0" not in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    opts.folds = None
+    assert run_experiments(opts) == 0
+    assert (opts.runs / "oof_scores.csv").stat().st_mtime_ns == table_time  # same table: not rewritten
+
+
+def test_runner_options_are_checked(toy_setup):
+    from rsna2024.training.runner import run_experiments
+
+    opts = toy_setup
+    opts.folds = [2]
+    with pytest.raises(PlanError, match=r"--folds: fold 2 does not exist .*folds 0..1"):
+        run_experiments(opts)
+    opts.folds, opts.experiments = None, ["toy_c"]
+    with pytest.raises(PlanError, match=r"no experiment named 'toy_c'"):
+        run_experiments(opts)
+    opts.experiments, opts.gpus = None, [0]
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(PlanError, match=r"--gpus needs CUDA devices"):
+            run_experiments(opts)
+
+
+def test_gpu_jobs_are_real_train_commands(toy_setup):
+    """The subprocess path with the runner's own ``rsna2024 train`` commands, two folds at once (on CPU here)."""
+    import os
+
+    import pandas as pd
+
+    from rsna2024.data.folds import load_folds
+    from rsna2024.training.runner import FoldJobs
+
+    opts = toy_setup
+    opts.device = "cpu"
+    plan = plan_experiments(discover_experiments(opts.experiments_dir))
+    jobs = FoldJobs(plan, opts, [0, 1], 2).jobs()
+    assert [j.name for j in jobs] == ["toy_a fold 0", "toy_a fold 1", "toy_b fold 0", "toy_b fold 1"]
+    assert jobs[2].deps == ["toy_a fold 0", "toy_a fold 1"]
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    results = run_jobs(jobs, slots=["0", "1"], env=env, poll_s=0.05)
+    assert all(r.status == "done" for r in results.values()), [(r.name, r.message) for r in results.values()]
+    assert {results[f"toy_a fold {k}"].slot for k in (0, 1)} == {"0", "1"}
+    assert "toy_b fold 1 done" in (opts.runs / "logs" / "toy_b_fold1.log").read_text()
+    assert len(pd.read_csv(opts.runs / "toy_b" / "oof_fold1.csv")) == (load_folds(opts.data / "folds.csv")["fold"]
+                                                                        == 1).sum()
+    again = run_jobs(FoldJobs(plan, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env)
+    assert {r.status for r in again.values()} == {"skipped"}

@@ -455,25 +455,26 @@ class RunOptions:
     workers: int = 2  # preprocessing processes
 
 
-def add_run_arguments(p, experiments_default: str = "experiments", runs_default: str = "runs") -> None:
+def add_run_arguments(p, experiments_default: str = "experiments/", runs_default: str = "runs") -> None:
     """The runner's options on an argparse parser (``main.py`` and ``rsna2024 run`` share them)."""
     p.add_argument("--experiments", nargs="+", default=None, metavar="NAME",
-                   help=f"experiments to run: names in the experiments folder ({experiments_default}/), YAML files, "
+                   help=f"experiments to run: names in the experiments folder ({experiments_default}), YAML files, "
                         "or a folder of YAML files; their dependencies join them (default: every config there)")
     p.add_argument("--folds", default=None, metavar="K,K", help="folds of folds.csv to train, e.g. 0,2 (default: all)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="device of every experiment (default: each config's own, normally auto = CUDA when present)")
     p.add_argument("--gpus", default=None, metavar="G,G",
                    help="run one fold per GPU at once, each a subprocess pinned by CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3")
-    p.add_argument("--runs", type=Path, default=Path(runs_default),
+    p.add_argument("--runs", type=Path, default=None,
                    help=f"runs folder: <runs>/<experiment>/, coordinates and oof_scores.csv (default: {runs_default})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of every experiment config, e.g. --set epochs=2 (repeatable)")
 
 
-def options_from_args(args, data: Path, experiments_dir: Path) -> RunOptions:
+def options_from_args(args, data: Path, experiments_dir: Path, runs: Path = Path("runs")) -> RunOptions:
+    """:class:`RunOptions` from the parsed arguments (``runs``: the default of ``--runs``)."""
     return RunOptions(data=Path(data), experiments_dir=Path(experiments_dir), experiments=args.experiments,
-                      runs=Path(args.runs), cache=args.cache, folds=parse_ids(args.folds, "--folds"),
+                      runs=Path(args.runs or runs), cache=args.cache, folds=parse_ids(args.folds, "--folds"),
                       device=args.device, gpus=parse_ids(args.gpus, "--gpus"), overrides=list(args.overrides),
                       workers=args.workers)
 
