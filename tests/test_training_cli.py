@@ -84,3 +84,27 @@ def test_ddp_two_cpu_processes_see_different_samples_and_end_with_equal_weights(
     # validation gathered all 8 held-out studies once (ToyPointTask.validate asserts the order), one log line
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert proc.stdout.count("toy_exp fold 0 done") == 1
+
+
+def _bench_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_bench_gpu_smoke_run_on_cpu_and_no_cuda_message(tmp_path, capsys):
+    data = write_toy_data(tmp_path / "data", studies=8)
+    bench = _bench_main()
+    config = _config(tmp_path, batch_size=2)
+    out = tmp_path / "gpu.md"
+    assert bench([str(config), "--data", str(data), "--device", "cpu", "--limit-steps", "1", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "| toy_exp | keypoint_tiny | 2 | none | 2 |" in table and "1 optimizer steps per config" in table
+    assert not (tmp_path / "runs").exists()
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert bench([str(config), "--data", str(data)]) == 0
+        assert "no CUDA device" in capsys.readouterr().out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,12 @@ def test_changed_config_in_the_same_run_folder_is_refused(toy_data, tmp_path):
         train_fold(toy_config(epochs=1, **{"optim.lr": 0.1}), toy_data, 1, out=tmp_path)
     # runtime keys (device, workers, wandb) may differ between folds
     train_fold(toy_config(epochs=1, workers=1), toy_data, 0, out=tmp_path)
+    # a config.yaml written before the kit grew a key (here: without schedule.patience) still matches
+    path = tmp_path / "toy/config.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["schedule"]["patience"], old["grad_accum"]
+    path.write_text(yaml.safe_dump(old))
+    assert train_fold(toy_config(epochs=1), toy_data, 0, out=tmp_path).skipped
 
 
 def test_gradient_accumulation_steps_the_schedule_per_optimizer_step(toy_data, tmp_path):
@@ -170,3 +177,19 @@ def test_step_and_plateau_schedules():
                   metrics=[1.0, 0.9, 0.95, 0.95, 0.95, 0.8])
     # no improvement in epochs 3 and 4 (more than patience 1) -> halved from epoch 5 on
     assert lr.tolist() == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+
+
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as when not installed
+    with pytest.raises(ConfigError, match=r"wandb.enabled is true but wandb is not installed: `pip install wandb`"):
+        train_fold(toy_config(**{"wandb.enabled": True}), toy_data, 0, out=tmp_path)
+    assert not (tmp_path / "toy/fold0_last.pt").exists()
+
+
+def test_wandb_offline_records_the_fold(toy_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train_fold(toy_config(epochs=1, **{"wandb.enabled": True}), toy_data, 0, out=tmp_path)
+    runs = list((tmp_path / "toy" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))

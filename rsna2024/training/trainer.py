@@ -46,7 +46,13 @@ from rsna2024.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from rsna2024.training.config import ExperimentConfig, config_differences, config_to_dict, save_config
+from rsna2024.training.config import (
+    ExperimentConfig,
+    config_differences,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from rsna2024.training.optim import LRSchedule, build_optimizer
 from rsna2024.training.reporting import WandbRun, append_metrics, plot_curves, read_metrics, truncate_metrics
 from rsna2024.training.task import FoldContext, Task, create_task
@@ -435,6 +441,10 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
         import yaml
 
         old = yaml.safe_load(path.read_text()) or {}
+        try:  # through today's schema, so keys added to the kit since (with their defaults) do not count
+            old = config_to_dict(config_from_dict(old, where=str(path)))
+        except ConfigError:
+            pass
         diffs = config_differences(old, config_to_dict(cfg))
         if diffs:
             raise ConfigError(f"{path} was written by a different config ({'; '.join(diffs[:5])}); "
@@ -479,13 +489,15 @@ def train_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: str 
         known = {f for f in FoldResult.__dataclass_fields__ if f not in ("run_dir", "skipped")}
         return FoldResult(**{key: v for key, v in info.items() if key in known}, run_dir=run_dir, skipped=True)
     with _log_to(run_dir / LOG_FILE if trainer.is_main else None):
+        wandb = WandbRun(cfg, k, run_dir, enabled=trainer.is_main)
         try:
-            return _train(trainer, callbacks)
+            return _train(trainer, callbacks, wandb)
         finally:
+            wandb.finish()
             ddp.cleanup(getattr(trainer, "created_group", False))
 
 
-def _train(trainer: FoldTrainer, callbacks) -> FoldResult:
+def _train(trainer: FoldTrainer, callbacks, wandb: WandbRun) -> FoldResult:
     cfg, k, run_dir, task = trainer.cfg, trainer.fold, trainer.run_dir, trainer.task
     started = time.perf_counter()
     trainer.setup()
@@ -495,7 +507,6 @@ def _train(trainer: FoldTrainer, callbacks) -> FoldResult:
     trainer.resume()
     if trainer.is_main:
         truncate_metrics(run_dir, k, trainer.start_epoch)
-    wandb = WandbRun(cfg, k, run_dir, enabled=trainer.is_main)
     last_plot = time.perf_counter()
     for epoch in range(trainer.start_epoch, cfg.epochs):
         record = {"fold": k, "epoch": epoch, **trainer.train_epoch(epoch)}

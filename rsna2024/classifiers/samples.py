@@ -1,0 +1,153 @@
+"""What stage 2 learns from: label points in patient mm and the sample tables of split and global models.
+
+Points come from a coordinates file in the columns of ``train_label_coordinates.csv`` (``study_id,
+series_id, instance_number, condition, level, x, y``; condition and level as the file's strings or in
+snake case): the true one, or stage 1's predicted one (which may add ``confidence``, ``fold`` and the
+patient point ``x_mm, y_mm, z_mm``). :func:`points_in_mm` gives every row its LPS point through
+``Series.to_patient`` of the cached series (stored grid, the label convention) unless the file already
+has it.
+
+Sample tables (one row per model input):
+
+- split (:func:`split_samples`): one row per (study, level, condition) of the model's conditions, e.g.
+  both sides of the foramina: ``study_id, level, condition, row_id, label`` (-1 = missing) and the
+  condition's point ``series_id, x_mm, y_mm, z_mm`` (NaN = no point);
+- global (:func:`global_samples`): one row per (study, level) with ``label_<condition>`` and
+  ``series_id_<condition>, x_mm_<condition>, ...`` for all five conditions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rsna2024.constants import CONDITION_FROM_NAME, CONDITIONS, LEVEL_FROM_NAME, LEVELS
+from rsna2024.data.contract import (
+    COORDINATE_COLUMNS,
+    check_unique,
+    describe_items,
+    file_lines,
+    integer_column,
+    labels_long,
+    read_csv,
+)
+from rsna2024.errors import DataError, RsnaError
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+MM_COLUMNS = ("x_mm", "y_mm", "z_mm")
+POINT_COLUMNS = ("study_id", "condition", "level", "series_id", *MM_COLUMNS)
+
+
+def _snake(df: pd.DataFrame, column: str, mapping: dict[str, str], allowed, path) -> pd.Series:
+    values = df[column].map(lambda v: mapping.get(v, v))
+    bad = ~values.isin(list(allowed))
+    if bad.any():
+        rows = np.flatnonzero(bad.to_numpy())
+        raise DataError(f"{path}: unknown {column} value(s) {describe_items(df.loc[bad, column].unique().tolist())} "
+                        f"at line(s) {describe_items(file_lines(rows))}; expected one of {list(mapping)} "
+                        f"(or snake case)")
+    return values
+
+
+def load_points(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A coordinates file (or table) with snake-case ``condition`` and ``level``, checked: the label
+    columns present, integer ids, finite x/y, each (study, condition, level) once."""
+    name = source if not isinstance(source, pd.DataFrame) else "points table"
+    df = source.reset_index(drop=True).copy() if isinstance(source, pd.DataFrame) else \
+        read_csv(source, COORDINATE_COLUMNS)
+    missing = [c for c in COORDINATE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {missing}; expected {list(COORDINATE_COLUMNS)}")
+    for column in ("study_id", "series_id", "instance_number"):
+        df[column] = integer_column(df, column, name)
+    df["condition"] = _snake(df, "condition", CONDITION_FROM_NAME, CONDITIONS, name)
+    df["level"] = _snake(df, "level", LEVEL_FROM_NAME, LEVELS, name)
+    for column in ("x", "y"):
+        values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+        if not np.isfinite(values).all():
+            rows = np.flatnonzero(~np.isfinite(values))
+            raise DataError(f"{name}: column {column!r} must hold finite pixel positions; line(s) "
+                            f"{describe_items(file_lines(rows))} do not")
+        df[column] = values
+    check_unique(df, ["study_id", "condition", "level"], name)
+    return df
+
+
+def points_in_mm(points: pd.DataFrame, load_series) -> pd.DataFrame:
+    """``study_id, condition, level, series_id, x_mm, y_mm, z_mm`` of every row of ``points`` (see
+    :func:`load_points`).
+
+    Rows with finite ``x_mm, y_mm, z_mm`` keep them; the others are converted with
+    ``load_series(study_id, series_id).to_patient(instance_number, x, y)``. A row whose series cannot be
+    loaded or lacks the instance gets NaN, and the rows lost are logged with the reason.
+    """
+    out = points.copy()
+    for c in MM_COLUMNS:
+        out[c] = pd.to_numeric(out[c], errors="coerce") if c in out else np.nan
+    todo = np.flatnonzero(~np.isfinite(out[list(MM_COLUMNS)].to_numpy(dtype=float)).all(axis=1))
+    lost: list[str] = []
+    for i in todo:
+        row = out.iloc[i]
+        try:
+            series = load_series(int(row.study_id), int(row.series_id))
+            out.iloc[i, [out.columns.get_loc(c) for c in MM_COLUMNS]] = \
+                np.asarray(series.to_patient(int(row.instance_number), row.x, row.y), dtype=float).reshape(3)
+        except (RsnaError, KeyError, OSError, ValueError) as exc:  # not in the cache, unknown instance
+            lost.append(f"{row.study_id}/{row.series_id} {row.condition} {row.level} ({exc})")
+    if lost:
+        log.warning("points without a patient position (%d): %s", len(lost), describe_items(lost, 3))
+    return out[list(POINT_COLUMNS)].reset_index(drop=True)
+
+
+def _with_points(long: pd.DataFrame, points_mm: pd.DataFrame | None) -> pd.DataFrame:
+    if points_mm is None:
+        points_mm = pd.DataFrame(columns=list(POINT_COLUMNS))
+    merged = long.merge(points_mm[list(POINT_COLUMNS)], on=["study_id", "condition", "level"], how="left",
+                        validate="one_to_one")
+    merged["series_id"] = merged["series_id"].astype("Int64")
+    for c in MM_COLUMNS:
+        merged[c] = merged[c].astype(float)
+    return merged
+
+
+def label_table(wide: pd.DataFrame | None, study_ids) -> pd.DataFrame:
+    """Long labels (``study_id, condition, level, row_id, label``; -1 = missing) of ``study_ids``;
+    without ``wide`` (test studies) every label is missing."""
+    study_ids = [int(s) for s in study_ids]
+    if wide is None:
+        grid = pd.MultiIndex.from_product([study_ids, CONDITIONS, LEVELS], names=["study_id", "condition", "level"])
+        long = grid.to_frame(index=False)
+        long["row_id"] = long["study_id"].astype(str) + "_" + long["condition"] + "_" + long["level"]
+        long["label"] = -1
+        return long
+    long = labels_long(wide[wide["study_id"].isin(study_ids)])
+    long = long.drop(columns="label").rename(columns={"label_index": "label"})
+    return long[["study_id", "condition", "level", "row_id", "label"]].reset_index(drop=True)
+
+
+def split_samples(labels: pd.DataFrame, points_mm: pd.DataFrame | None, conditions) -> pd.DataFrame:
+    """One row per (study, level, condition in ``conditions``): its label and point (see module docstring)."""
+    rows = labels[labels["condition"].isin(list(conditions))]
+    return _with_points(rows, points_mm).sort_values(["study_id", "level", "condition"], ignore_index=True)
+
+
+def global_samples(labels: pd.DataFrame, points_mm: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per (study, level): ``label_<c>``, ``row_id_<c>`` and the point columns ``<col>_<c>`` of
+    every condition ``c``."""
+    merged = _with_points(labels, points_mm).set_index(["study_id", "level", "condition"])
+    parts = []
+    for value in ("label", "row_id", "series_id", *MM_COLUMNS):
+        part = merged[value].unstack("condition").reindex(columns=list(CONDITIONS))
+        parts.append(part.set_axis([f"{value}_{c}" for c in CONDITIONS], axis=1))
+    wide = pd.concat(parts, axis=1).reset_index()
+    for c in CONDITIONS:
+        wide[f"label_{c}"] = wide[f"label_{c}"].fillna(-1).astype("int64")
+    return wide.sort_values(["study_id", "level"], ignore_index=True)
+
+
+def has_point(samples: pd.DataFrame, condition: str | None = None) -> np.ndarray:
+    """Per row, whether the point (of ``condition`` in a global table) is known."""
+    suffix = f"_{condition}" if condition else ""
+    return np.isfinite(samples[[f"{c}{suffix}" for c in MM_COLUMNS]].to_numpy(dtype=float)).all(axis=1)
