@@ -205,6 +205,15 @@ TOY = {"task": "toy_task:ToyPointTask", "epochs": 2, "batch_size": 2, "folds": 2
 
 @pytest.fixture
 def toy_setup(tmp_path, phantom_dir):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield _toy_setup(tmp_path, phantom_dir)
+    torch.set_num_threads(threads)
+
+
+def _toy_setup(tmp_path, phantom_dir):
     """Two toy experiments (b depends on a) and a data folder with the phantom's labels in 2 folds."""
     import shutil
 
@@ -241,18 +250,16 @@ def test_runner_trains_every_fold_in_order_then_skips_them(toy_setup, capsys, ca
     assert list(table["experiment"]) == ["image-free prior"] and table["vs_prior"].iloc[0] == 1.0
     assert "image-free prior" in out and "OOF scores, folds 0,1 (8 studies)" in out
 
-    stamps = {p: p.stat().st_mtime_ns for p in opts.runs.rglob("*") if p.is_file() and p.name != "oof_scores.csv"}
-    table_time = (opts.runs / "oof_scores.csv").stat().st_mtime_ns
+    stamps = {p: p.stat().st_mtime_ns for p in opts.runs.rglob("*") if p.is_file() and p.name != "main.log"}
     caplog.clear()
+    assert run_experiments(opts) == 0  # everything finished: nothing trained, nothing rewritten (table included)
+    assert re.search(r"toy_a\s+2 skipped", capsys.readouterr().out)
+    assert "toy_b fold 1: skipped (finished earlier)" in caplog.text and "running" not in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     opts.folds = [1]
     assert run_experiments(opts) == 0
     out = capsys.readouterr().out
-    assert re.search(r"toy_a\s+1 skipped", out) and "OOF scores, folds 1 (4 studies)" in out
-    assert "toy_b fold 1: skipped (finished earlier)" in caplog.text and "fold 0" not in caplog.text
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    opts.folds = None
-    assert run_experiments(opts) == 0
-    assert (opts.runs / "oof_scores.csv").stat().st_mtime_ns == table_time  # same table: not rewritten
+    assert re.search(r"toy_b\s+1 skipped", out) and "OOF scores, folds 1 (4 studies)" in out
 
 
 def test_runner_options_are_checked(toy_setup):
@@ -284,16 +291,19 @@ def test_gpu_jobs_are_real_train_commands(toy_setup):
 
     opts = toy_setup
     opts.device = "cpu"
-    plan = plan_experiments(discover_experiments(opts.experiments_dir))
-    jobs = FoldJobs(plan, opts, [0, 1], 2).jobs()
+    pool = discover_experiments(opts.experiments_dir)
+    jobs = FoldJobs(plan_experiments(pool), opts, [0, 1], 2).jobs()
     assert [j.name for j in jobs] == ["toy_a fold 0", "toy_a fold 1", "toy_b fold 0", "toy_b fold 1"]
     assert jobs[2].deps == ["toy_a fold 0", "toy_a fold 1"]
+    assert jobs[2].command[3:] == ["train", "--config", str(opts.experiments_dir / "toy_b.yaml"), "--data",
+                                   str(opts.data), "--fold", "0", "--out", str(opts.runs), "--set", "device=cpu"]
+    plan = plan_experiments(pool, select_experiments(pool, ["toy_a"]))
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
-    results = run_jobs(jobs, slots=["0", "1"], env=env, poll_s=0.05)
+    results = run_jobs(FoldJobs(plan, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env, poll_s=0.05)
     assert all(r.status == "done" for r in results.values()), [(r.name, r.message) for r in results.values()]
     assert {results[f"toy_a fold {k}"].slot for k in (0, 1)} == {"0", "1"}
-    assert "toy_b fold 1 done" in (opts.runs / "logs" / "toy_b_fold1.log").read_text()
-    assert len(pd.read_csv(opts.runs / "toy_b" / "oof_fold1.csv")) == (load_folds(opts.data / "folds.csv")["fold"]
+    assert "toy_a fold 1 done" in (opts.runs / "logs" / "toy_a_fold1.log").read_text()
+    assert len(pd.read_csv(opts.runs / "toy_a" / "oof_fold1.csv")) == (load_folds(opts.data / "folds.csv")["fold"]
                                                                         == 1).sum()
     again = run_jobs(FoldJobs(plan, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env)
     assert {r.status for r in again.values()} == {"skipped"}
