@@ -85,7 +85,7 @@ def test_sagt2_and_axial_samples_hold_their_landmarks(setup):
         if np.isfinite(left).all() and np.isfinite(right).all():
             assert left[0] > right[0]  # canonical axial: patient right on the image left
         assert s.distance_mm <= 5.0
-        for k, (cond, level) in enumerate(s.targets):
+        for cond, level in s.targets:
             _, _, z = series.plane_coordinates(_landmark(truth, s.study_id, cond, level))
             assert abs(z[s.centre]) < 5.0
 

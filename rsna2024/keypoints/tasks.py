@@ -16,14 +16,13 @@ import pandas as pd
 import torch
 
 from rsna2024.data.contract import load_coordinates, load_series_descriptions
-from rsna2024.dicom.cache import cache_dir
 from rsna2024.errors import ConfigError
 from rsna2024.keypoints.augment import AugmentConfig, KeypointAugment
 from rsna2024.keypoints.datasets import KeypointDataset, image_size
 from rsna2024.keypoints.heatmaps import decode_heatmaps, masked_mse, resize_points
 from rsna2024.keypoints.predict import POINT_COLUMNS, sample_rows
 from rsna2024.keypoints.samples import AXIAL_FLIP_PAIRS, Sample, study_samples
-from rsna2024.keypoints.studies import StudySeries
+from rsna2024.keypoints.studies import StudySeries, resolve_cache
 from rsna2024.training.task import FoldContext, Task, register_task
 from rsna2024.utils.io import atomic_to_csv
 from rsna2024.utils.logging import get_logger
@@ -69,10 +68,10 @@ class KeypointTask(Task):
 
     # ----------------------------------------------------------------- data
     def studies(self, ctx: FoldContext) -> StudySeries:
-        """The cached training series (the parameter folder of ``ctx.cache_root`` with default parameters)."""
+        """The cached training series (``ctx.cache_root``: a cache root or parameter folder)."""
         if self._studies is None:
             descriptions = load_series_descriptions(ctx.data_dir, "train")
-            self._studies = StudySeries(cache_dir(ctx.cache_root), descriptions, "train")
+            self._studies = StudySeries(resolve_cache(ctx.data_dir, ctx.cache_root), descriptions, "train")
             self._labels = load_coordinates(ctx.data_dir, descriptions)
         return self._studies
 
