@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from rsna2024.constants import LEVELS
 from rsna2024.dicom.geometry import crop_roi, lps_oriented_normal, slices_at_offsets
 from rsna2024.dicom.series import Series
+from rsna2024.errors import ConfigError
 
 # Recipe: Sagittal T1 slice offsets (mm from the middle) of the foramina at L1/L2 .. L5/S1.
 FORAMINAL_OFFSETS_MM: tuple[float, ...] = (14.9, 15.7, 16.7, 17.8, 18.9)
@@ -54,7 +56,7 @@ class Jitter:
 
     def __post_init__(self) -> None:
         if self.mm < 0 or self.slices < 0:
-            raise ValueError(f"jitter mm and slices must be >= 0, got mm={self.mm}, slices={self.slices}")
+            raise ConfigError(f"roi.jitter: mm and slices must be >= 0, got mm={self.mm}, slices={self.slices}")
 
     @property
     def active(self) -> bool:
@@ -71,7 +73,7 @@ class RoiConfig:
     out_size: int = 128
     slices: int = 5
     slice_step: float = 1.0
-    foraminal_slices: str = "offset"
+    foraminal_slices: Literal["offset", "point"] = "offset"
     foraminal_offsets_mm: tuple[float, ...] = FORAMINAL_OFFSETS_MM
     spinal_axial: bool = False
     axial_max_distance_mm: float = 10.0
@@ -79,15 +81,13 @@ class RoiConfig:
 
     def __post_init__(self) -> None:
         if self.size_mm <= 0 or self.out_size < 1 or self.slices < 1 or self.slice_step <= 0:
-            raise ValueError(f"roi: size_mm, out_size, slices and slice_step must be positive, got {self}")
+            raise ConfigError(f"roi: size_mm, out_size, slices and slice_step must be positive, got {self}")
         if self.foraminal_slices not in FORAMINAL_SLICE_MODES:
-            raise ValueError(f"roi.foraminal_slices must be one of {list(FORAMINAL_SLICE_MODES)}, "
+            raise ConfigError(f"roi.foraminal_slices must be one of {list(FORAMINAL_SLICE_MODES)}, "
                              f"got {self.foraminal_slices!r}")
         if len(self.foraminal_offsets_mm) != len(LEVELS):
-            raise ValueError(f"roi.foraminal_offsets_mm needs one offset per level ({len(LEVELS)}), "
+            raise ConfigError(f"roi.foraminal_offsets_mm needs one offset per level ({len(LEVELS)}), "
                              f"got {list(self.foraminal_offsets_mm)}")
-        if isinstance(self.jitter, dict):
-            object.__setattr__(self, "jitter", Jitter(**self.jitter))
 
     def foraminal_offset(self, level: str, side: str) -> float:
         """Offset (mm, patient left positive) of the foramen of ``side`` at ``level`` from the middle slice."""

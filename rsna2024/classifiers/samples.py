@@ -53,26 +53,38 @@ def _snake(df: pd.DataFrame, column: str, mapping: dict[str, str], allowed, path
 
 def load_points(source: str | Path | pd.DataFrame) -> pd.DataFrame:
     """A coordinates file (or table) with snake-case ``condition`` and ``level``, checked: the label
-    columns present, integer ids, finite x/y, each (study, condition, level) once."""
+    columns present, integer study ids, known conditions and levels, each (study, condition, level) once.
+
+    A row left empty (no series, instance or x/y: stage 1 found no point) is dropped, and the count is
+    logged; a value that is present but not a number is an error naming its line.
+    """
     name = source if not isinstance(source, pd.DataFrame) else "points table"
     df = source.reset_index(drop=True).copy() if isinstance(source, pd.DataFrame) else \
         read_csv(source, COORDINATE_COLUMNS)
     missing = [c for c in COORDINATE_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{name}: missing column(s) {missing}; expected {list(COORDINATE_COLUMNS)}")
-    for column in ("study_id", "series_id", "instance_number"):
-        df[column] = integer_column(df, column, name)
+    df["study_id"] = integer_column(df, "study_id", name)
     df["condition"] = _snake(df, "condition", CONDITION_FROM_NAME, CONDITIONS, name)
     df["level"] = _snake(df, "level", LEVEL_FROM_NAME, LEVELS, name)
+    check_unique(df, ["study_id", "condition", "level"], name)
+    point = ["series_id", "instance_number", "x", "y"]
+    empty = df[point].isna().any(axis=1)
+    if empty.any():
+        log.warning("%s: %d row(s) without a point (left empty by stage 1), e.g. %s", name, int(empty.sum()),
+                    describe_items((df.loc[empty, "study_id"].astype(str) + " " + df.loc[empty, "condition"] + " "
+                                    + df.loc[empty, "level"]).tolist(), 3))
+        df = df[~empty]
+    for column in ("series_id", "instance_number"):
+        df[column] = integer_column(df, column, name)
     for column in ("x", "y"):
         values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
         if not np.isfinite(values).all():
-            rows = np.flatnonzero(~np.isfinite(values))
+            rows = df.index[~np.isfinite(values)]
             raise DataError(f"{name}: column {column!r} must hold finite pixel positions; line(s) "
                             f"{describe_items(file_lines(rows))} do not")
         df[column] = values
-    check_unique(df, ["study_id", "condition", "level"], name)
-    return df
+    return df.reset_index(drop=True)
 
 
 def points_in_mm(points: pd.DataFrame, load_series) -> pd.DataFrame:

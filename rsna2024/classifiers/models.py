@@ -1,0 +1,147 @@
+"""The 2.5D ROI classifier family (stage 2): a 2D timm backbone per slice window, a GRU over the slices, a head.
+
+Input ``(B, R, S, H, W)``: R regions of S slices. Each slice ``s`` of each region is seen by the backbone
+through a window of ``in_chans`` neighbouring slices centred on it (edge slices repeated), giving S
+feature vectors per region; a bidirectional GRU runs over them and its outputs are averaged. The R region
+vectors are concatenated and a linear head gives ``num_outputs`` logits: 3 for a split model (one
+condition), 15 = 5 conditions x 3 for the global model (reshaped by the task to (5, 3)).
+
+Registered: ``roi25d`` (any timm backbone, default resnet18) and the tiny CPU variants ``roi25d_tiny``
+(resnet10t) and ``roi25d_tiny_mobilenet`` (mobilenetv3_small_050), for tests and demo configs at 32-64 px.
+``pretrained``: ``none``, ``imagenet`` (timm's normal download, or a clear error naming the file to
+provide) or a local weights file/folder (:mod:`rsna2024.models.pretrained`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsna2024.errors import ConfigError
+from rsna2024.models.pretrained import imagenet_unavailable, load_local_weights, parse_pretrained
+from rsna2024.models.registry import register_model
+
+
+def _timm_backbone(name: str, in_chans: int, image_size: int | None, pretrained: bool, params: dict) -> nn.Module:
+    """A headless timm model (``num_classes=0``: pooled features); ``img_size`` only for models that take it."""
+    import timm
+
+    kwargs = dict(params)
+    if image_size is not None:
+        kwargs.setdefault("img_size", image_size)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+    except TypeError as exc:
+        if "img_size" in str(exc) and "img_size" not in params:
+            kwargs.pop("img_size")
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+        raise ConfigError(f"roi25d backbone {name!r}: {exc}") from exc
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ConfigError(f"roi25d: unknown timm backbone {name!r} ({exc})") from exc
+        raise
+
+
+def build_backbone(name: str, in_chans: int, image_size: int | None, pretrained, params: dict | None = None,
+                   ) -> nn.Module:
+    """The backbone with ``pretrained`` weights: ``none``, ``imagenet`` or a local file/folder."""
+    import timm
+
+    params = dict(params or {})
+    weights = parse_pretrained(pretrained)
+    if weights != "imagenet":
+        backbone = _timm_backbone(name, in_chans, image_size, False, params)
+        if weights is not None:
+            load_local_weights(backbone, weights, [name, name.split(".")[0]])
+        return backbone
+    try:
+        return _timm_backbone(name, in_chans, image_size, True, params)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - network, offline mode, missing cache: all mean "provide a file"
+        cfg = timm.models.get_pretrained_cfg(name)
+        raise imagenet_unavailable(f"backbone {name!r}", getattr(cfg, "hf_hub_id", None),
+                                   [name, name.split(".")[0]], exc) from exc
+
+
+def slice_windows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``(N, S, H, W)`` -> ``(N, S, width, H, W)``: for each slice the ``width`` slices centred on it
+    (the window starts ``(width - 1) // 2`` before), the stack's end slices repeated beyond its ends."""
+    before, after = (width - 1) // 2, width // 2
+    idx = torch.arange(x.shape[1], device=x.device)[:, None] + torch.arange(-before, after + 1, device=x.device)
+    return x[:, idx.clamp(0, x.shape[1] - 1)]
+
+
+def _check_sizes(in_chans: int, regions: int, num_outputs: int, hidden: int) -> None:
+    if min(in_chans, regions, num_outputs, hidden) < 1:
+        raise ConfigError(f"roi25d: in_chans, regions, num_outputs and hidden must be positive "
+                          f"(got {in_chans}, {regions}, {num_outputs}, {hidden})")
+
+
+class Roi25d(nn.Module):
+    """Backbone per slice window -> bidirectional GRU over slices (mean) -> concatenated regions -> linear."""
+
+    def __init__(self, backbone: nn.Module, in_chans: int, regions: int, num_outputs: int, hidden: int = 256,
+                 dropout: float = 0.2):
+        super().__init__()
+        _check_sizes(in_chans, regions, num_outputs, hidden)
+        self.backbone = backbone
+        self.in_chans = in_chans
+        self.regions = regions
+        self.num_outputs = num_outputs
+        features = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # after a conv head
+        self.gru = nn.GRU(features, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(regions * 2 * hidden, num_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[1] != self.regions:
+            raise ValueError(f"roi25d expects (batch, regions={self.regions}, slices, H, W), got {tuple(x.shape)}")
+        b, r, s, h, w = x.shape
+        windows = slice_windows(x.reshape(b * r, s, h, w), self.in_chans)
+        feats = self.backbone(windows.reshape(b * r * s, self.in_chans, h, w)).reshape(b * r, s, -1)
+        seq, _ = self.gru(feats)
+        pooled = seq.mean(dim=1).reshape(b, -1)
+        return self.head(pooled)
+
+
+@register_model("roi25d")
+def roi25d(backbone: str = "resnet18", in_chans: int = 3, regions: int = 1, num_outputs: int = 3, hidden: int = 256,
+           dropout: float = 0.2, image_size: int | None = None, pretrained: str | None = "none",
+           backbone_params: dict | None = None, grad_checkpointing: bool = False) -> Roi25d:
+    """A 2.5D classifier over any timm ``backbone`` (``in_chans`` slices per window).
+
+    ``image_size`` is passed to backbones that take ``img_size`` (timm's swin needs it when the input is not
+    224); ``backbone_params``: any other keyword of the timm model (e.g. ``drop_path_rate``);
+    ``grad_checkpointing``: recompute the backbone's activations in the backward pass (less GPU memory).
+    """
+    _check_sizes(in_chans, regions, num_outputs, hidden)
+    net = build_backbone(backbone, in_chans, image_size, pretrained, backbone_params)
+    if grad_checkpointing:
+        net.set_grad_checkpointing(True)
+    return Roi25d(net, in_chans, regions, num_outputs, hidden, dropout)
+
+
+@register_model("roi25d_tiny")
+def roi25d_tiny(backbone: str = "resnet10t", in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
+                hidden: int = 32, dropout: float = 0.1, image_size: int | None = None,
+                pretrained: str | None = "none", backbone_params: dict | None = None) -> Roi25d:
+    """Tiny variant (resnet10t, GRU 32) for tests and CPU demo configs at 32-64 px."""
+    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params)
+
+
+@register_model("roi25d_tiny_mobilenet")
+def roi25d_tiny_mobilenet(backbone: str = "mobilenetv3_small_050", in_chans: int = 3, regions: int = 1,
+                          num_outputs: int = 3, hidden: int = 32, dropout: float = 0.1, image_size: int | None = None,
+                          pretrained: str | None = "none", backbone_params: dict | None = None) -> Roi25d:
+    """Tiny variant (mobilenetv3_small_050, GRU 32) for tests and CPU demo configs."""
+    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params)
+
+
+def class_logits(outputs: torch.Tensor) -> torch.Tensor:
+    """``(B, K * 3)`` logits -> ``(B, K, 3)``."""
+    return outputs.reshape(outputs.shape[0], -1, 3)
+
+
+def class_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Softmax over the 3 classes of each of the K outputs: ``(B, K, 3)``."""
+    return F.softmax(class_logits(outputs).float(), dim=-1)

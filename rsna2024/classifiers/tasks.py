@@ -1,0 +1,201 @@
+"""Stage-2 tasks on the fold trainer: ``split_spinal``, ``split_foraminal``, ``split_subarticular`` and ``global``.
+
+Per fold (see :mod:`rsna2024.training.task` for the order of the calls):
+
+- training samples: the training folds' (study, level, condition) rows with a label and a region, cut
+  around the TRUE points (``data.train_points``) with the jitter of ``data.roi.jitter``;
+- loss: cross-entropy with class weights ``data.class_weights`` (1, 2, 4 as the metric), missing labels
+  ignored (``ignore_index``); the global model's 15 outputs are 5 conditions x 3 classes;
+- validation after each epoch: the held-out fold's studies on ``data.valid_points`` (true points by
+  default). The reported ``score`` is the competition metric of that fold over all 25 rows of every
+  held-out study: the model's rows from the model, every other row (other condition groups, and the
+  model's rows whose point or series is missing) from the prior fitted on the training folds, so the
+  total is always defined and moves only with the model's rows. ``score_<term>`` give the four terms.
+  The best checkpoint is the epoch with the lowest ``score``;
+- ``write_oof``: with the best checkpoint, the held-out studies are predicted on stage 1's PREDICTED
+  points (``data.oof_points``, default ``{runs}/coords_oof.csv``) -> ``oof_fold{k}.csv``, and on the true
+  points -> ``oof_true_points_fold{k}.csv`` (format and ``source`` column: :mod:`rsna2024.classifiers.oof`);
+  after the last fold the merged ``oof.csv`` / ``oof_true_points.csv`` and ``oof_scores.json``.
+
+Point files: ``true`` means ``<data>/train_label_coordinates.csv``; any other value is a path in which
+``{runs}`` (the runs folder, parent of the experiment's run folder) and ``{data}`` (the data folder) are
+replaced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from rsna2024.classifiers.dataset import IGNORE_INDEX, RoiDataset, SeriesStore, region_count
+from rsna2024.classifiers.models import class_logits, class_probabilities
+from rsna2024.classifiers.oof import assemble_oof, fold_prior, merge_folds, oof_name, score_oof
+from rsna2024.classifiers.roi import SPINAL, RoiConfig
+from rsna2024.classifiers.samples import global_samples, label_table, load_points, points_in_mm, split_samples
+from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS
+from rsna2024.data.contract import COORDINATES_FILE, load_labels_wide
+from rsna2024.errors import ConfigError
+from rsna2024.metric import SCORE_KEYS
+from rsna2024.training.task import FoldContext, Task, register_task
+from rsna2024.utils.io import atomic_to_csv
+from rsna2024.utils.logging import get_logger
+
+log = get_logger(__name__)
+TRUE_POINTS = "true"
+DEFAULT_OOF_POINTS = "{runs}/coords_oof.csv"
+
+
+@dataclass(kw_only=True)
+class ClassifierData:
+    """The ``data:`` section of a stage-2 experiment."""
+
+    roi: RoiConfig = field(default_factory=RoiConfig)
+    train_points: str = TRUE_POINTS  # points the training regions are cut around
+    valid_points: str = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
+    oof_points: str = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
+    class_weights: list[float] = field(default_factory=lambda: list(CLASS_WEIGHTS))
+    keep_valid_regions: bool = True  # cut the validation regions once and keep them in memory (float16)
+    cache: str | None = None  # preprocessing cache folder; default: the trainer's cache root + default params
+
+    def __post_init__(self) -> None:
+        if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
+            raise ConfigError(f"data.class_weights: three positive weights expected, got {self.class_weights}")
+
+
+class RoiTask(Task):
+    """Shared logic of the four stage-2 tasks; subclasses set :attr:`conditions`."""
+
+    DataConfig = ClassifierData
+    metric = "score"
+    mode = "min"
+    conditions: ClassVar[tuple[str, ...]] = ()
+
+    # ----------------------------------------------------------------- data
+    def _setup(self, ctx: FoldContext) -> None:
+        from rsna2024.dicom.cache import cache_dir
+
+        self.ctx = ctx
+        cache = Path(self.data.cache) if self.data.cache else cache_dir(ctx.cache_root)
+        self.store = SeriesStore(cache)
+        self.wide = load_labels_wide(ctx.data_dir)
+        self.prior = fold_prior(self.wide, ctx.train_studies())
+        self._points: dict[str, pd.DataFrame] = {}
+
+    def points_file(self, spec: str, ctx: FoldContext) -> Path:
+        """The coordinates file a ``*_points`` setting names (see the module docstring)."""
+        if spec == TRUE_POINTS:
+            return Path(ctx.data_dir) / COORDINATES_FILE
+        return Path(spec.format(runs=Path(ctx.run_dir).parent, data=ctx.data_dir))
+
+    def require_points(self, spec: str, ctx: FoldContext) -> Path:
+        """The file of a ``*_points`` setting, or a ConfigError saying how to make it."""
+        path = self.points_file(spec, ctx)
+        if not path.is_file():
+            raise ConfigError(f"points file {path} (from {spec!r}) not found: run the keypoint stage's "
+                              f"`rsna2024 coords` first, or set data.oof_points: true to predict on the true points")
+        return path
+
+    def points(self, spec: str, studies) -> pd.DataFrame:
+        """Points in patient mm of ``studies`` from the file ``spec`` names (read once per task)."""
+        path = self.require_points(spec, self.ctx)
+        key = str(path)
+        if key not in self._points:
+            self._points[key] = load_points(path)
+        table = self._points[key]
+        return points_in_mm(table[table["study_id"].isin([int(s) for s in studies])], self.store.load)
+
+    def samples(self, studies, spec: str) -> pd.DataFrame:
+        labels = label_table(self.wide, studies)
+        points = self.points(spec, studies)
+        if len(self.conditions) == len(CONDITIONS):
+            return global_samples(labels, points)
+        return split_samples(labels, points, self.conditions)
+
+    def dataset(self, studies, spec: str, train: bool = False, memo: bool = False) -> RoiDataset:
+        ds = RoiDataset(self.samples(studies, spec), self.store, self.data.roi, self.conditions, train=train, memo=memo)
+        if train:
+            keep = ds.usable()
+            if not keep.all():
+                log.info("%s: %d of %d training samples have no label or no region and are skipped",
+                         self.name, int((~keep).sum()), len(keep))
+            ds = RoiDataset(ds.samples[keep], self.store, self.data.roi, self.conditions, train=True)
+        return ds
+
+    def build_datasets(self, ctx: FoldContext):
+        self._setup(ctx)
+        self.require_points(self.data.oof_points, ctx)  # before training, not after it
+        train = self.dataset(ctx.train_studies(), self.data.train_points, train=True)
+        valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=self.data.keep_valid_regions)
+        return train, valid
+
+    # ----------------------------------------------------------------- model and steps
+    def model_params(self) -> dict:
+        return {**self.cfg.model.params, "regions": region_count(self.conditions, self.data.roi),
+                "num_outputs": 3 * (len(CONDITIONS) if len(self.conditions) == len(CONDITIONS) else 1),
+                "image_size": self.data.roi.out_size}
+
+    def loss(self, outputs, batch) -> torch.Tensor:
+        logits = class_logits(outputs).float().reshape(-1, 3)
+        target = batch["target"].reshape(-1)
+        if not (target != IGNORE_INDEX).any():  # a validation batch without any label
+            return logits.sum() * 0.0
+        weight = torch.as_tensor(self.data.class_weights, dtype=logits.dtype, device=logits.device)
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+
+    def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
+        return {"probs": class_probabilities(outputs)}
+
+    # ----------------------------------------------------------------- evaluation
+    def oof_table(self, dataset: RoiDataset, probs: np.ndarray, studies) -> pd.DataFrame:
+        """The submission-format table of ``studies`` from the model's ``probs`` on ``dataset``."""
+        return assemble_oof(studies, dataset.prediction_rows(probs), self.prior, self.conditions)
+
+    def validate(self, preds, dataset, ctx) -> dict[str, float]:
+        scores = score_oof(self.oof_table(dataset, preds["probs"], ctx.valid_studies()), self.wide)
+        return {"score": scores["total"], **{f"score_{k}": scores[k] for k in SCORE_KEYS if k != "total"}}
+
+    def write_oof(self, model, ctx: FoldContext) -> list[Path]:
+        studies = ctx.valid_studies()
+        written = []
+        for points, spec in (("predicted", self.data.oof_points), ("true", TRUE_POINTS)):
+            ds = self.dataset(studies, spec)
+            oof = self.oof_table(ds, ctx.predict(model, ds)["probs"], studies)
+            scores = score_oof(oof, self.wide)
+            log.info("%s fold %d OOF on %s points (%s): total %.4f", self.cfg.name, ctx.fold, points,
+                     self.points_file(spec, ctx), scores["total"])
+            written.append(atomic_to_csv(oof, ctx.path(oof_name(points, ctx.fold))))
+        written += merge_folds(ctx.run_dir, self.cfg.folds, self.wide).values()
+        return written
+
+
+@register_task("split_spinal")
+class SplitSpinalTask(RoiTask):
+    """Spinal canal stenosis from Sagittal T2/STIR (+ the level's axial slices with ``roi.spinal_axial``)."""
+
+    conditions = (SPINAL,)
+
+
+@register_task("split_foraminal")
+class SplitForaminalTask(RoiTask):
+    """Neural foraminal narrowing from Sagittal T1, one model for both sides."""
+
+    conditions = CONDITION_GROUPS["foraminal"]
+
+
+@register_task("split_subarticular")
+class SplitSubarticularTask(RoiTask):
+    """Subarticular stenosis from Axial T2, the right side mirrored to look like the left."""
+
+    conditions = CONDITION_GROUPS["subarticular"]
+
+
+@register_task("global")
+class GlobalTask(RoiTask):
+    """All five conditions of a level from all its regions at once (15 outputs)."""
+
+    conditions = CONDITIONS

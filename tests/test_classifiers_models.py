@@ -1,0 +1,88 @@
+"""The 2.5D ROI classifier family: slice windows, every tiny variant forward/backward, pretrained weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsna2024.classifiers.models import class_probabilities, slice_windows
+from rsna2024.errors import ConfigError
+from rsna2024.models import create_model, list_models
+
+TINY = ["roi25d_tiny", "roi25d_tiny_mobilenet"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_slice_windows_are_centred_and_repeat_the_end_slices():
+    x = torch.arange(5.0).reshape(1, 5, 1, 1).expand(1, 5, 2, 2)
+    w = slice_windows(x, 3)
+    assert w.shape == (1, 5, 3, 2, 2)
+    assert w[0, :, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
+    assert slice_windows(x, 1)[0, :, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    assert slice_windows(x, 2)[0, :, :, 0, 0].tolist() == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 4]]
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("regions,outputs", [(1, 3), (5, 15)])
+def test_tiny_models_forward_and_backward(name, regions, outputs):
+    assert name in list_models()
+    torch.manual_seed(0)
+    model = create_model(name, regions=regions, num_outputs=outputs, image_size=32)
+    x = torch.randn(2, regions, 5, 32, 32)
+    out = model(x)
+    assert out.shape == (2, outputs)
+    target = torch.tensor([[0, 2, 1, 0, -100][: outputs // 3], [1, 0, -100, 2, 0][: outputs // 3]])
+    loss = torch.nn.functional.cross_entropy(out.reshape(-1, 3), target.reshape(-1), ignore_index=-100)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads[:3])  # the backbone's first layers learn too
+    probs = class_probabilities(out.detach())
+    assert probs.shape == (2, outputs // 3, 3) and torch.allclose(probs.sum(-1), torch.ones(2, outputs // 3))
+    with pytest.raises(ValueError, match="regions"):
+        model(torch.randn(2, regions + 1, 5, 32, 32))
+
+
+def test_swin_backbone_takes_the_image_size():
+    model = create_model("roi25d", backbone="swin_tiny_patch4_window7_224", hidden=8, image_size=64,
+                         backbone_params={"depths": [1, 1, 1, 1], "embed_dim": 24, "num_heads": [1, 1, 1, 1],
+                                          "window_size": 2})
+    assert model(torch.randn(1, 1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_unknown_backbone_and_bad_sizes_are_config_errors():
+    with pytest.raises(ConfigError, match="not_a_backbone"):
+        create_model("roi25d", backbone="not_a_backbone")
+    with pytest.raises(ConfigError, match="in_chans"):
+        create_model("roi25d_tiny", in_chans=0)
+
+
+def test_pretrained_from_a_local_file_loads_those_weights(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet10t", num_classes=10, in_chans=3)  # a head to ignore, 3 channels to adapt
+    torch.save(source.state_dict(), tmp_path / "resnet10t.pth")
+    model = create_model("roi25d_tiny", in_chans=5, pretrained=str(tmp_path))
+    conv = model.backbone.conv1[0].weight
+    expected = source.conv1[0].weight[:, [0, 1, 2, 0, 1]] * 3 / 5
+    assert torch.allclose(conv, expected)
+    last = [k for k in source.state_dict() if k.startswith("layer4") and k.endswith("weight")][-1]
+    assert torch.equal(model.backbone.state_dict()[last], source.state_dict()[last])
+
+
+def test_imagenet_without_network_says_which_file_to_provide(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    with pytest.raises(ConfigError) as err:
+        create_model("roi25d_tiny", pretrained="imagenet")
+    text = str(err.value)
+    assert "timm/resnet10t" in text and "model.pretrained" in text and "model.safetensors" in text

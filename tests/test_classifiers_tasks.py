@@ -1,0 +1,122 @@
+"""Stage-2 tasks on the fold trainer, on the session phantom: a tiny split and a tiny global model train one
+epoch, validate with the competition score, and write OOF files (predicted and true points) in submission format."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rsna2024.classifiers.oof import fold_prior
+from rsna2024.constants import CONDITION_GROUPS, CONDITION_NAMES, PRED_COLUMNS, study_row_ids
+from rsna2024.data.contract import load_labels_wide
+from rsna2024.data.folds import assign_folds
+from rsna2024.errors import ConfigError
+from rsna2024.metric import score_submission_file
+from rsna2024.training.config import config_from_dict
+from rsna2024.training.trainer import train_fold
+
+FORAMINAL = CONDITION_GROUPS["foraminal"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def stage2(phantom_dir, tmp_path_factory):
+    """A runs folder with stage 1's 'predicted' points (the true ones jittered by ~1.5 px, one point left
+    empty) at the default path, and 2 folds of the phantom's studies."""
+    root = tmp_path_factory.mktemp("stage2")
+    wide = load_labels_wide(phantom_dir)
+    folds = assign_folds(wide["study_id"], np.zeros(len(wide)), n_folds=2, seed=1)
+    folds.to_csv(root / "folds.csv", index=False)
+    coords = pd.read_csv(phantom_dir / "train_label_coordinates.csv")
+    rng = np.random.default_rng(5)
+    coords[["x", "y"]] += rng.normal(0, 1.5, (len(coords), 2))
+    valid0 = set(folds.loc[folds["fold"] == 0, "study_id"])
+    blank = coords.index[coords["study_id"].isin(valid0)
+                         & (coords["condition"] == CONDITION_NAMES[FORAMINAL[0]])][0]
+    coords.loc[blank, ["series_id", "instance_number", "x", "y"]] = np.nan
+    (root / "runs").mkdir()
+    coords.to_csv(root / "runs" / "coords_oof.csv", index=False)
+    blank_row = f"{coords.loc[blank, 'study_id']}_{FORAMINAL[0]}_{coords.loc[blank, 'level'].lower().replace('/', '_')}"
+    return {"root": root, "runs": root / "runs", "folds": folds, "wide": wide, "blank_row": blank_row}
+
+
+def _config(task: str, name: str, **data):
+    raw = {"name": name, "task": task, "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "folds": 2,
+           "seed": 3, "model": {"name": "roi25d_tiny_mobilenet", "params": {"hidden": 8}},
+           "data": {"roi": {"out_size": 32, "slices": 3, "jitter": {"mm": 2.0, "slices": 1}}, **data}}
+    return config_from_dict(raw)
+
+
+def _train(cfg, phantom_dir, phantom_cache, stage2, fold):
+    return train_fold(cfg, phantom_dir, fold, out=stage2["runs"], cache=phantom_cache.parent,
+                      folds_file=stage2["root"] / "folds.csv")
+
+
+def _check_submission(oof: pd.DataFrame, studies) -> None:
+    expected = sorted(r for s in studies for r in study_row_ids(s))
+    assert sorted(oof["row_id"]) == expected
+    np.testing.assert_allclose(oof[list(PRED_COLUMNS)].sum(axis=1), 1.0, atol=1e-9)
+    assert (oof[list(PRED_COLUMNS)] > 0).all().all()
+
+
+def test_split_model_trains_scores_and_writes_oof_files(phantom_dir, phantom_cache, stage2):
+    cfg = _config("split_foraminal", "split_foraminal_tiny")
+    results = [_train(cfg, phantom_dir, phantom_cache, stage2, fold) for fold in (0, 1)]
+    run = stage2["runs"] / cfg.name
+    folds = stage2["folds"]
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][0]
+    assert np.isfinite(record["score"]) and np.isfinite(record["score_foraminal"])
+    assert results[0].metric == "score" and results[0].best_value == pytest.approx(record["score"])
+
+    valid0 = folds.loc[folds["fold"] == 0, "study_id"]
+    pred, true = pd.read_csv(run / "oof_fold0.csv"), pd.read_csv(run / "oof_true_points_fold0.csv")
+    for table in (pred, true):
+        _check_submission(table, valid0)
+    group = pred["row_id"].str.contains("neural_foraminal")
+    assert set(pred.loc[~group, "source"]) == {"prior"} and set(pred.loc[group, "source"]) <= {"model", "fallback"}
+    # the point stage 1 left empty falls back to the prior; on the true points the model predicts it
+    blank = stage2["blank_row"]
+    assert pred.set_index("row_id").loc[blank, "source"] == "fallback"
+    assert true.set_index("row_id").loc[blank, "source"] == "model"
+    # predicted and true points give different regions, hence different predictions
+    model_rows = (pred["source"] == "model") & (true["source"] == "model")
+    assert not np.allclose(pred.loc[model_rows, list(PRED_COLUMNS)], true.loc[model_rows, list(PRED_COLUMNS)])
+    # rows the model does not cover hold the training folds' prior
+    prior = fold_prior(stage2["wide"], folds.loc[folds["fold"] == 1, "study_id"]).set_index(["condition", "level"])
+    row = pred[pred["row_id"].str.endswith("spinal_canal_stenosis_l4_l5")].iloc[0]
+    np.testing.assert_allclose(row[list(PRED_COLUMNS)].to_numpy(dtype=float),
+                               prior.loc[("spinal_canal_stenosis", "l4_l5")].to_numpy(dtype=float))
+
+    merged = pd.read_csv(run / "oof.csv")
+    _check_submission(merged, folds["study_id"])
+    _check_submission(pd.read_csv(run / "oof_true_points.csv"), folds["study_id"])
+    scores = json.loads((run / "oof_scores.json").read_text())
+    assert set(scores) == {"predicted", "true"}
+    assert scores["predicted"]["total"] == pytest.approx(score_submission_file(phantom_dir, run / "oof.csv")["total"])
+
+
+def test_global_model_covers_every_condition(phantom_dir, phantom_cache, stage2):
+    cfg = _config("global", "global_tiny")
+    result = _train(cfg, phantom_dir, phantom_cache, stage2, 1)
+    assert np.isfinite(result.best_value)
+    run = stage2["runs"] / cfg.name
+    oof = pd.read_csv(run / "oof_fold1.csv")
+    _check_submission(oof, stage2["folds"].loc[stage2["folds"]["fold"] == 1, "study_id"])
+    assert "prior" not in set(oof["source"]) and (oof["source"] == "model").mean() > 0.8
+    assert not (run / "oof.csv").exists()  # fold 0 is not trained: nothing to merge yet
+
+
+def test_missing_predicted_points_file_says_what_to_run(phantom_dir, phantom_cache, stage2):
+    cfg = _config("split_spinal", "split_spinal_nofile", oof_points="{runs}/nowhere.csv")
+    with pytest.raises(ConfigError, match="nowhere.csv.*rsna2024 coords"):
+        _train(cfg, phantom_dir, phantom_cache, stage2, 0)
