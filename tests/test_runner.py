@@ -287,23 +287,35 @@ def test_gpu_jobs_are_real_train_commands(toy_setup):
     import pandas as pd
 
     from rsna2024.data.folds import load_folds
-    from rsna2024.training.runner import FoldJobs
+    from rsna2024.training.runner import FoldJobs, load_plan
 
     opts = toy_setup
     opts.device = "cpu"
-    pool = discover_experiments(opts.experiments_dir)
-    jobs = FoldJobs(plan_experiments(pool), opts, [0, 1], 2).jobs()
+    plan, configs = load_plan(opts)
+    jobs = FoldJobs(plan, configs, opts, [0, 1], 2).jobs()
     assert [j.name for j in jobs] == ["toy_a fold 0", "toy_a fold 1", "toy_b fold 0", "toy_b fold 1"]
     assert jobs[2].deps == ["toy_a fold 0", "toy_a fold 1"]
     assert jobs[2].command[3:] == ["train", "--config", str(opts.experiments_dir / "toy_b.yaml"), "--data",
                                    str(opts.data), "--fold", "0", "--out", str(opts.runs), "--set", "device=cpu"]
-    plan = plan_experiments(pool, select_experiments(pool, ["toy_a"]))
+    opts.experiments = ["toy_a"]
+    plan, configs = load_plan(opts)
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
-    results = run_jobs(FoldJobs(plan, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env, poll_s=0.05)
+    results = run_jobs(FoldJobs(plan, configs, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env, poll_s=0.05)
     assert all(r.status == "done" for r in results.values()), [(r.name, r.message) for r in results.values()]
     assert {results[f"toy_a fold {k}"].slot for k in (0, 1)} == {"0", "1"}
     assert "toy_a fold 1 done" in (opts.runs / "logs" / "toy_a_fold1.log").read_text()
     assert len(pd.read_csv(opts.runs / "toy_a" / "oof_fold1.csv")) == (load_folds(opts.data / "folds.csv")["fold"]
                                                                         == 1).sum()
-    again = run_jobs(FoldJobs(plan, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env)
+    again = run_jobs(FoldJobs(plan, configs, opts, [0, 1], 2).jobs(), slots=["0", "1"], env=env)
     assert {r.status for r in again.values()} == {"skipped"}
+
+
+def test_folds_wanted_is_the_configs_common_number():
+    from types import SimpleNamespace
+
+    from rsna2024.training.runner import folds_wanted
+
+    assert folds_wanted({}) == 5
+    assert folds_wanted({"a": SimpleNamespace(folds=2), "b": SimpleNamespace(folds=2)}) == 2
+    with pytest.raises(PlanError, match=r"different numbers of folds: a 2, b 5 \(use --set folds=K"):
+        folds_wanted({"a": SimpleNamespace(folds=2), "b": SimpleNamespace(folds=5)})

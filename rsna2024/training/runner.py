@@ -479,8 +479,9 @@ def options_from_args(args, data: Path, experiments_dir: Path, runs: Path = Path
                       workers=args.workers)
 
 
-def prepare_data(data: Path, cache: Path | None, workers: int) -> bool:
-    """Validate the data folder (report printed), write ``folds.csv`` when absent and fill the cache."""
+def prepare_data(data: Path, cache: Path | None, workers: int, n_folds: int = 5) -> bool:
+    """Validate the data folder (report printed), write ``folds.csv`` (``n_folds`` folds) when absent and fill
+    the cache."""
     from rsna2024.data.folds import FOLDS_FILE, make_folds
     from rsna2024.data.validate import validate_data
     from rsna2024.dicom.cache import preprocess
@@ -491,7 +492,7 @@ def prepare_data(data: Path, cache: Path | None, workers: int) -> bool:
     if not report.ok:
         return False
     if not (data / FOLDS_FILE).exists():
-        make_folds(data)
+        make_folds(data, n_folds=n_folds)
     log.info("folds: %s", data / FOLDS_FILE)
     index = preprocess(data, cache_root=cache, split="all", workers=workers)
     log.info("data ready in %s (cache index %s)", format_seconds(time.perf_counter() - t0), index)
@@ -512,18 +513,13 @@ def _pool_and_selection(opts: RunOptions) -> tuple[list[Experiment], list[Experi
 class FoldJobs:
     """Builds the jobs of a plan: ``<experiment> fold <k>`` per experiment and fold, and the coordinates."""
 
-    def __init__(self, plan: Plan, opts: RunOptions, fold_ids: list[int], n_folds: int):
-        from rsna2024.training.config import load_config
-
-        self.plan, self.opts, self.fold_ids, self.n_folds = plan, opts, fold_ids, n_folds
-        self.device_override = [f"device={opts.device}"] if opts.device else []
-        # every config typed and checked before anything trains
-        self.configs = {e.name: load_config(e.path, [*opts.overrides, *self.device_override])
-                        for e in plan.experiments}
+    def __init__(self, plan: Plan, configs: dict, opts: RunOptions, fold_ids: list[int], n_folds: int):
+        self.plan, self.configs, self.opts, self.fold_ids, self.n_folds = plan, configs, opts, fold_ids, n_folds
+        self.device_override = device_override(opts)
         for e in plan.experiments:
-            if self.configs[e.name].folds != n_folds:
-                raise PlanError(f"{e.path}: folds: {self.configs[e.name].folds}, but {opts.data / 'folds.csv'} has "
-                                f"{n_folds} folds")
+            if configs[e.name].folds != n_folds:
+                raise PlanError(f"{e.path}: folds: {configs[e.name].folds}, but {opts.data / 'folds.csv'} has "
+                                f"{n_folds} folds (remove folds.csv to have it rewritten, or --set folds={n_folds})")
 
     def run_dir(self, name: str) -> Path:
         return self.opts.runs / name
@@ -655,13 +651,35 @@ def _slots(gpus: list[int] | None) -> list[str | None]:
     return [str(g) for g in gpus]
 
 
-def run_experiments(opts: RunOptions) -> int:
+def device_override(opts: RunOptions) -> list[str]:
+    return [f"device={opts.device}"] if opts.device else []
+
+
+def load_plan(opts: RunOptions) -> tuple[Plan, dict]:
+    """The plan and every experiment's typed config (overrides applied), checked before anything runs."""
+    from rsna2024.training.config import load_config
+
+    pool, selected = _pool_and_selection(opts)
+    plan = plan_experiments(pool, selected, coords_exist=(opts.runs / COORDS_FILES["train"]).is_file())
+    configs = {e.name: load_config(e.path, [*opts.overrides, *device_override(opts)]) for e in plan.experiments}
+    return plan, configs
+
+
+def folds_wanted(configs: dict) -> int:
+    """The number of folds the configs train (5 without configs); configs that disagree raise PlanError."""
+    counts = {name: cfg.folds for name, cfg in configs.items()}
+    if len(set(counts.values())) > 1:
+        raise PlanError("the experiments ask for different numbers of folds: "
+                        + ", ".join(f"{n} {k}" for n, k in counts.items()) + " (use --set folds=K for all)")
+    return next(iter(counts.values()), 5)
+
+
+def run_experiments(opts: RunOptions, planned: tuple[Plan, dict] | None = None) -> int:
     """Plan, train every fold, make the coordinates, print and write the OOF table. 0 when every job ended well."""
     from rsna2024.data.folds import FOLDS_FILE, load_folds
     from rsna2024.training import report
 
-    pool, selected = _pool_and_selection(opts)
-    plan = plan_experiments(pool, selected, coords_exist=(opts.runs / COORDS_FILES["train"]).is_file())
+    plan, configs = planned or load_plan(opts)
     folds = load_folds(opts.data / FOLDS_FILE)
     n_folds = int(folds["fold"].max()) + 1
     fold_ids = opts.folds if opts.folds is not None else list(range(n_folds))
@@ -669,7 +687,7 @@ def run_experiments(opts: RunOptions) -> int:
     if bad:
         raise PlanError(f"--folds: fold {bad[0]} does not exist ({opts.data / FOLDS_FILE} has folds 0..{n_folds - 1})")
     slots = _slots(opts.gpus)
-    builder = FoldJobs(plan, opts, fold_ids, n_folds)
+    builder = FoldJobs(plan, configs, opts, fold_ids, n_folds)
     jobs = builder.jobs()
     log.info("plan: %s; folds %s; %s", " -> ".join(plan.steps) or "nothing", ",".join(map(str, fold_ids)),
              "serial in this process" if slots == [None] else f"one job per GPU on GPUs {','.join(slots)}")
@@ -712,8 +730,9 @@ def format_timings(plan: Plan, builder: FoldJobs, results: dict[str, JobResult],
 def run_pipeline(opts: RunOptions) -> int:
     """Data (validate, folds, cache) then :func:`run_experiments`; 1 when the data is invalid."""
     t0 = time.perf_counter()
-    if not prepare_data(opts.data, opts.cache, opts.workers):
+    planned = load_plan(opts)
+    if not prepare_data(opts.data, opts.cache, opts.workers, folds_wanted(planned[1])):
         return 1
-    rc = run_experiments(opts)
+    rc = run_experiments(opts, planned)
     log.info("finished in %s", format_seconds(time.perf_counter() - t0))
     return rc
