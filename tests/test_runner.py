@@ -319,3 +319,10 @@ def test_folds_wanted_is_the_configs_common_number():
     assert folds_wanted({"a": SimpleNamespace(folds=2), "b": SimpleNamespace(folds=2)}) == 2
     with pytest.raises(PlanError, match=r"different numbers of folds: a 2, b 5 \(use --set folds=K"):
         folds_wanted({"a": SimpleNamespace(folds=2), "b": SimpleNamespace(folds=5)})
+
+
+def test_the_coordinates_file_is_the_one_classifiers_read_by_default():
+    from rsna2024.classifiers.tasks import DEFAULT_OOF_POINTS
+    from rsna2024.training.runner import COORDS_SPEC
+
+    assert COORDS_SPEC == DEFAULT_OOF_POINTS

@@ -118,6 +118,7 @@ def format_table(table: pd.DataFrame, title: str) -> str:
                                   "subarticular": "subartic"}).drop(columns=["studies"])
     if not shown["note"].astype(bool).any():
         shown = shown.drop(columns=["note"])
+    shown["experiment"] = shown["experiment"].str.ljust(int(shown["experiment"].str.len().max()))
     text = shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}")
     return f"{title}\n{text}"
 

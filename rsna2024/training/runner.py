@@ -10,8 +10,9 @@ the preprocessing cache, then train. The plan (:func:`plan_experiments`) orders 
 
 with every ``depends_on`` of a config honoured on top (a missing dependency or a cycle is an error naming it).
 Each experiment runs over the folds of ``folds.csv`` (or those picked). A finished fold (``fold{k}_done.json``)
-is skipped and an interrupted one resumes (both by the fold trainer); a coordinates file is rebuilt only when
-absent or older than a keypoint fold it comes from. On one device the jobs run one after another in this
+is skipped and an interrupted one resumes (both by the fold trainer); a coordinates file is predicted again only
+when absent or when a keypoint fold it came from changed (``coords_oof.inputs.json`` records their ``done``
+markers). On one device the jobs run one after another in this
 process; with ``gpus`` each job is a subprocess (``rsna2024 train`` / ``rsna2024 coords``) pinned to one GPU by
 ``CUDA_VISIBLE_DEVICES``, one job per GPU at a time (:func:`run_jobs`). The end is the OOF table of
 :mod:`rsna2024.training.report`.
@@ -36,7 +37,8 @@ log = get_logger(__name__)
 
 COORDS_FILES = {"train": "coords_oof.csv", "test": "coords_test.csv"}
 COORDS_STEP = "coordinates"
-# The classifiers' default ``data.oof_points``: the runner's out-of-fold coordinates file.
+# The classifiers' default ``data.oof_points`` (rsna2024.classifiers.tasks, not imported here: this module stays
+# light for the CLI): the runner's out-of-fold coordinates file.
 COORDS_SPEC = "{runs}/" + COORDS_FILES["train"]
 CLASSIFIER_FAMILIES = {"split_spinal": "split", "split_foraminal": "split", "split_subarticular": "split",
                        "global": "global"}
