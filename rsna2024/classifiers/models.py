@@ -1,10 +1,13 @@
 """The 2.5D ROI classifier family (stage 2): a 2D timm backbone per slice window, a GRU over the slices, a head.
 
-Input ``(B, R, S, H, W)``: R regions of S slices. Each slice ``s`` of each region is seen by the backbone
-through a window of ``in_chans`` neighbouring slices centred on it (edge slices repeated), giving S
-feature vectors per region; a bidirectional GRU runs over them and its outputs are averaged. The R region
-vectors are concatenated and a linear head gives ``num_outputs`` logits: 3 for a split model (one
-condition), 15 = 5 conditions x 3 for the global model (reshaped by the task to (5, 3)).
+Input ``(B, R, S, H, W)``: R regions of S slices. Each slice ``s`` of each region (or every
+``window_stride``-th) is seen by the backbone through a window of ``in_chans`` neighbouring slices centred on
+it (edge slices repeated), giving one feature vector per window; a bidirectional GRU runs over them and its
+outputs are averaged. The R region vectors are concatenated and a linear head gives ``num_outputs`` logits: 3
+for a split model (one condition), 15 = 5 conditions x 3 for the global model (reshaped by the task to (5, 3)).
+Given the samples' levels, the buffer ``level_logits`` (levels x outputs, saved with the weights) is added:
+the tasks set it to the log of the training folds' prior, and the head starts at zero, so an untrained model
+predicts the prior and training learns what the images add to it.
 
 Registered: ``roi25d`` (any timm backbone, default resnet18) and the tiny CPU variants ``roi25d_tiny``
 (resnet10t) and ``roi25d_tiny_mobilenet`` (mobilenetv3_small_050), for tests and demo configs at 32-64 px.
@@ -17,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsna2024.constants import LEVELS
 from rsna2024.errors import ConfigError
 from rsna2024.models.pretrained import imagenet_unavailable, load_local_weights, parse_pretrained
 from rsna2024.models.registry import register_model
+
+LEVEL_COUNT = len(LEVELS)
 
 
 def _timm_backbone(name: str, in_chans: int, image_size: int | None, pretrained: bool, params: dict) -> nn.Module:
@@ -64,77 +70,96 @@ def build_backbone(name: str, in_chans: int, image_size: int | None, pretrained,
                                    [name, name.split(".")[0]], exc) from exc
 
 
-def slice_windows(x: torch.Tensor, width: int) -> torch.Tensor:
-    """``(N, S, H, W)`` -> ``(N, S, width, H, W)``: for each slice the ``width`` slices centred on it
-    (the window starts ``(width - 1) // 2`` before), the stack's end slices repeated beyond its ends."""
+def slice_windows(x: torch.Tensor, width: int, stride: int = 1) -> torch.Tensor:
+    """``(N, S, H, W)`` -> ``(N, n, width, H, W)``: windows of ``width`` slices centred on every ``stride``-th
+    slice (n = ceil(S / stride) centres, placed symmetrically in the stack; each window starts ``(width - 1) // 2``
+    before its centre), the stack's end slices repeated beyond its ends."""
+    s = x.shape[1]
+    centres = torch.arange(0, s, stride, device=x.device)
+    centres = centres + (s - 1 - int(centres[-1])) // 2
     before, after = (width - 1) // 2, width // 2
-    idx = torch.arange(x.shape[1], device=x.device)[:, None] + torch.arange(-before, after + 1, device=x.device)
-    return x[:, idx.clamp(0, x.shape[1] - 1)]
+    idx = centres[:, None] + torch.arange(-before, after + 1, device=x.device)
+    return x[:, idx.clamp(0, s - 1)]
 
 
-def _check_sizes(in_chans: int, regions: int, num_outputs: int, hidden: int) -> None:
-    if min(in_chans, regions, num_outputs, hidden) < 1:
-        raise ConfigError(f"roi25d: in_chans, regions, num_outputs and hidden must be positive "
-                          f"(got {in_chans}, {regions}, {num_outputs}, {hidden})")
+def _check_sizes(in_chans: int, regions: int, num_outputs: int, hidden: int, window_stride: int = 1) -> None:
+    if min(in_chans, regions, num_outputs, hidden, window_stride) < 1:
+        raise ConfigError(f"roi25d: in_chans, regions, num_outputs, hidden and window_stride must be positive "
+                          f"(got {in_chans}, {regions}, {num_outputs}, {hidden}, {window_stride})")
 
 
 class Roi25d(nn.Module):
     """Backbone per slice window -> bidirectional GRU over slices (mean) -> concatenated regions -> linear."""
 
     def __init__(self, backbone: nn.Module, in_chans: int, regions: int, num_outputs: int, hidden: int = 256,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, window_stride: int = 1):
         super().__init__()
-        _check_sizes(in_chans, regions, num_outputs, hidden)
+        _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
         self.backbone = backbone
         self.in_chans = in_chans
+        self.window_stride = window_stride
         self.regions = regions
         self.num_outputs = num_outputs
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # after a conv head
         self.gru = nn.GRU(features, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(regions * 2 * hidden, num_outputs))
+        nn.init.zeros_(self.head[1].weight)  # an untrained model predicts softmax(level_logits)
+        nn.init.zeros_(self.head[1].bias)
+        # per level, logits added to the head's output (the task fills them with the training prior's log)
+        self.register_buffer("level_logits", torch.zeros(LEVEL_COUNT, num_outputs))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, num_outputs)`` of regions ``x``; with ``level`` (B,) indices into the levels, plus
+        :attr:`level_logits` of each sample's level."""
         if x.ndim != 5 or x.shape[1] != self.regions:
             raise ValueError(f"roi25d expects (batch, regions={self.regions}, slices, H, W), got {tuple(x.shape)}")
         b, r, s, h, w = x.shape
-        windows = slice_windows(x.reshape(b * r, s, h, w), self.in_chans)
-        feats = self.backbone(windows.reshape(b * r * s, self.in_chans, h, w)).reshape(b * r, s, -1)
+        windows = slice_windows(x.reshape(b * r, s, h, w), self.in_chans, self.window_stride)
+        n = windows.shape[1]
+        feats = self.backbone(windows.reshape(b * r * n, self.in_chans, h, w)).reshape(b * r, n, -1)
         seq, _ = self.gru(feats)
         pooled = seq.mean(dim=1).reshape(b, -1)
-        return self.head(pooled)
+        out = self.head(pooled)
+        return out if level is None else out + self.level_logits[level]
 
 
 @register_model("roi25d")
 def roi25d(backbone: str = "resnet18", in_chans: int = 3, regions: int = 1, num_outputs: int = 3, hidden: int = 256,
            dropout: float = 0.2, image_size: int | None = None, pretrained: str | None = "none",
-           backbone_params: dict | None = None, grad_checkpointing: bool = False) -> Roi25d:
+           backbone_params: dict | None = None, grad_checkpointing: bool = False, window_stride: int = 1) -> Roi25d:
     """A 2.5D classifier over any timm ``backbone`` (``in_chans`` slices per window).
 
     ``image_size`` is passed to backbones that take ``img_size`` (timm's swin needs it when the input is not
     224); ``backbone_params``: any other keyword of the timm model (e.g. ``drop_path_rate``);
-    ``grad_checkpointing``: recompute the backbone's activations in the backward pass (less GPU memory).
+    ``grad_checkpointing``: recompute the backbone's activations in the backward pass (less GPU memory);
+    ``window_stride``: a window on every n-th slice only (``slices = in_chans = window_stride``: one window
+    holding all slices as channels, the cheapest setting).
     """
-    _check_sizes(in_chans, regions, num_outputs, hidden)
+    _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
     net = build_backbone(backbone, in_chans, image_size, pretrained, backbone_params)
     if grad_checkpointing:
         net.set_grad_checkpointing(True)
-    return Roi25d(net, in_chans, regions, num_outputs, hidden, dropout)
+    return Roi25d(net, in_chans, regions, num_outputs, hidden, dropout, window_stride)
 
 
 @register_model("roi25d_tiny")
 def roi25d_tiny(backbone: str = "resnet10t", in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
                 hidden: int = 32, dropout: float = 0.1, image_size: int | None = None,
-                pretrained: str | None = "none", backbone_params: dict | None = None) -> Roi25d:
+                pretrained: str | None = "none", backbone_params: dict | None = None,
+                window_stride: int = 1) -> Roi25d:
     """Tiny variant (resnet10t, GRU 32) for tests and CPU demo configs at 32-64 px."""
-    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params)
+    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
+                  window_stride=window_stride)
 
 
 @register_model("roi25d_tiny_mobilenet")
 def roi25d_tiny_mobilenet(backbone: str = "mobilenetv3_small_050", in_chans: int = 3, regions: int = 1,
                           num_outputs: int = 3, hidden: int = 32, dropout: float = 0.1, image_size: int | None = None,
-                          pretrained: str | None = "none", backbone_params: dict | None = None) -> Roi25d:
+                          pretrained: str | None = "none", backbone_params: dict | None = None,
+                          window_stride: int = 1) -> Roi25d:
     """Tiny variant (mobilenetv3_small_050, GRU 32) for tests and CPU demo configs."""
-    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params)
+    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
+                  window_stride=window_stride)
 
 
 def class_logits(outputs: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ rows summing to 1) plus a ``source`` column saying where each row comes from:
 - ``prior``: a condition this model does not predict (a split model's other groups), filled with the
   training folds' prior so that the file is a complete submission and its score is defined.
 
-An ensemble averages, per row, the files whose ``source`` is not ``prior`` (``fallback`` rows may be kept or
-dropped; see :func:`model_rows`). The metric reads only the four submission columns, so the files score as
+An ensemble averages, per row, the files whose ``source`` is ``model`` (:func:`blend_oof`; a row no file
+predicts keeps the prior). The metric reads only the four submission columns, so the files score as
 they are (``rsna2024 score``).
 
 Per experiment folder: ``oof_fold{k}.csv`` (fold k's studies, on stage 1's predicted points),
@@ -87,10 +87,20 @@ def score_oof(oof: pd.DataFrame, wide: pd.DataFrame) -> dict[str, float]:
     return score(solution_from_long(long), oof[list(SUBMISSION_COLUMNS)])
 
 
-def model_rows(oof: pd.DataFrame, keep_fallback: bool = False) -> pd.DataFrame:
-    """The rows an ensemble should average: ``source == model`` (and ``fallback`` when asked)."""
-    keep = ["model", "fallback"] if keep_fallback else ["model"]
-    return oof[oof["source"].isin(keep)]
+def blend_oof(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One family's prediction from its experiments' OOF tables (same row ids): per row id the mean of the
+    tables' ``model`` rows; a row no table predicts keeps the mean of the others (prior or fallback) and
+    the source ``prior``. Rows renormalised; returns ``row_id``, the three columns and ``source``."""
+    ids = [frozenset(t["row_id"]) for t in tables]
+    if not tables or any(i != ids[0] for i in ids[1:]):
+        raise ValueError("the OOF tables to blend must be given and cover the same row ids")
+    both = pd.concat(tables, ignore_index=True)
+    cols = list(PRED_COLUMNS)
+    model = both[both["source"] == "model"].groupby("row_id")[cols].mean()
+    rest = both[~both["row_id"].isin(model.index)].groupby("row_id")[cols].mean()
+    out = pd.concat([model.assign(source="model"), rest.assign(source="prior")]).reset_index()
+    out[cols] = out[cols].div(out[cols].sum(axis=1), axis=0)
+    return out.sort_values("row_id", ignore_index=True)
 
 
 def merge_folds(run_dir: str | Path, n_folds: int, wide: pd.DataFrame | None = None) -> dict[str, Path]:

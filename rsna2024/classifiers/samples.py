@@ -92,25 +92,30 @@ def points_in_mm(points: pd.DataFrame, load_series) -> pd.DataFrame:
     :func:`load_points`).
 
     Rows with finite ``x_mm, y_mm, z_mm`` keep them; the others are converted with
-    ``load_series(study_id, series_id).to_patient(instance_number, x, y)``. A row whose series cannot be
-    loaded or lacks the instance gets NaN, and the rows lost are logged with the reason.
+    ``load_series(study_id, series_id).to_patient(instance_number, x, y)``, one call per series. A row whose
+    series cannot be loaded or lacks the instance gets NaN, and the rows lost are logged with the reason.
     """
-    out = points.copy()
+    out = points.reset_index(drop=True).copy()
     for c in MM_COLUMNS:
         out[c] = pd.to_numeric(out[c], errors="coerce") if c in out else np.nan
-    todo = np.flatnonzero(~np.isfinite(out[list(MM_COLUMNS)].to_numpy(dtype=float)).all(axis=1))
+    mm = out[list(MM_COLUMNS)].to_numpy(dtype=float)
+    todo = out[~np.isfinite(mm).all(axis=1)]
     lost: list[str] = []
-    for i in todo:
-        row = out.iloc[i]
+    for (study, series_id), rows in todo.groupby(["study_id", "series_id"]):
         try:
-            series = load_series(int(row.study_id), int(row.series_id))
-            out.iloc[i, [out.columns.get_loc(c) for c in MM_COLUMNS]] = \
-                np.asarray(series.to_patient(int(row.instance_number), row.x, row.y), dtype=float).reshape(3)
-        except (RsnaError, KeyError, OSError, ValueError) as exc:  # not in the cache, unknown instance
-            lost.append(f"{row.study_id}/{row.series_id} {row.condition} {row.level} ({exc})")
+            series = load_series(int(study), int(series_id))
+        except (RsnaError, KeyError, OSError, ValueError) as exc:  # not in the cache
+            lost += [f"{study}/{series_id} {r.condition} {r.level} ({exc})" for r in rows.itertuples()]
+            continue
+        for i, r in zip(rows.index, rows.itertuples()):
+            try:
+                mm[i] = np.asarray(series.to_patient(int(r.instance_number), r.x, r.y), dtype=float).reshape(3)
+            except KeyError as exc:  # an InstanceNumber the series does not have
+                lost.append(f"{study}/{series_id} {r.condition} {r.level} ({exc})")
+    out[list(MM_COLUMNS)] = mm
     if lost:
         log.warning("points without a patient position (%d): %s", len(lost), describe_items(lost, 3))
-    return out[list(POINT_COLUMNS)].reset_index(drop=True)
+    return out[list(POINT_COLUMNS)]
 
 
 def _with_points(long: pd.DataFrame, points_mm: pd.DataFrame | None) -> pd.DataFrame:

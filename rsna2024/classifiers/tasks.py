@@ -4,6 +4,9 @@ Per fold (see :mod:`rsna2024.training.task` for the order of the calls):
 
 - training samples: the training folds' (study, level, condition) rows with a label and a region, cut
   around the TRUE points (``data.train_points``) with the jitter of ``data.roi.jitter``;
+- model: ``model.name`` from the registry with the regions and outputs of the task; with ``data.prior_logits``
+  (default) its ``level_logits`` hold the log of the training folds' weight-aware prior per level, added to the
+  logits of each sample's level, so the model starts from the prior and learns what the images add;
 - loss: cross-entropy with class weights ``data.class_weights`` (1, 2, 4 as the metric), missing labels
   ignored (``ignore_index``); the global model's 15 outputs are 5 conditions x 3 classes;
 - validation after each epoch: the held-out fold's studies on ``data.valid_points`` (true points by
@@ -23,6 +26,7 @@ replaced.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -37,7 +41,7 @@ from rsna2024.classifiers.models import class_logits, class_probabilities
 from rsna2024.classifiers.oof import assemble_oof, fold_prior, merge_folds, oof_name, score_oof
 from rsna2024.classifiers.roi import SPINAL, RoiConfig
 from rsna2024.classifiers.samples import global_samples, label_table, load_points, points_in_mm, split_samples
-from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS
+from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.data.contract import COORDINATES_FILE, load_labels_wide
 from rsna2024.errors import ConfigError
 from rsna2024.metric import SCORE_KEYS
@@ -55,16 +59,37 @@ class ClassifierData:
     """The ``data:`` section of a stage-2 experiment."""
 
     roi: RoiConfig = field(default_factory=RoiConfig)
-    train_points: str = TRUE_POINTS  # points the training regions are cut around
-    valid_points: str = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
-    oof_points: str = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
+    train_points: str | bool = TRUE_POINTS  # points the training regions are cut around
+    valid_points: str | bool = TRUE_POINTS  # points of the per-epoch validation (checkpoint selection)
+    oof_points: str | bool = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
     class_weights: list[float] = field(default_factory=lambda: list(CLASS_WEIGHTS))
-    keep_valid_regions: bool = True  # cut the validation regions once and keep them in memory (float16)
-    cache: str | None = None  # preprocessing cache folder; default: the trainer's cache root + default params
+    keep_regions: bool = False  # keep regions in memory once cut (float16; with workers: 0, e.g. CPU demos)
+    prior_logits: bool = True  # start from the training folds' prior per level (the model's level_logits)
+    cache: str | None = None  # preprocessing cache folder; default: the default-parameter folder of the trainer's root
 
     def __post_init__(self) -> None:
+        for name in ("train_points", "valid_points", "oof_points"):
+            value = getattr(self, name)
+            if value is False or value == "":
+                raise ConfigError(f"data.{name}: expected 'true' (the true points) or a coordinates file, "
+                                  f"got {value!r}")
+            if value is True:
+                setattr(self, name, TRUE_POINTS)
         if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
             raise ConfigError(f"data.class_weights: three positive weights expected, got {self.class_weights}")
+
+
+def default_cache_folder(cache_root: str | Path, data_dir: str | Path) -> Path:
+    """The default-parameter cache folder of ``data_dir`` inside ``cache_root``.
+
+    ``rsna2024.dicom.cache.cache_dir`` takes the data folder once the cache is keyed by it; both signatures
+    are served until every branch has that version.
+    """
+    from rsna2024.dicom.cache import cache_dir
+
+    if "data_dir" in inspect.signature(cache_dir).parameters:
+        return cache_dir(cache_root, data_dir)
+    return cache_dir(cache_root)
 
 
 class RoiTask(Task):
@@ -77,10 +102,8 @@ class RoiTask(Task):
 
     # ----------------------------------------------------------------- data
     def _setup(self, ctx: FoldContext) -> None:
-        from rsna2024.dicom.cache import cache_dir
-
         self.ctx = ctx
-        cache = Path(self.data.cache) if self.data.cache else cache_dir(ctx.cache_root)
+        cache = Path(self.data.cache) if self.data.cache else default_cache_folder(ctx.cache_root, ctx.data_dir)
         self.store = SeriesStore(cache)
         self.wide = load_labels_wide(ctx.data_dir)
         self.prior = fold_prior(self.wide, ctx.train_studies())
@@ -112,7 +135,7 @@ class RoiTask(Task):
     def samples(self, studies, spec: str) -> pd.DataFrame:
         labels = label_table(self.wide, studies)
         points = self.points(spec, studies)
-        if len(self.conditions) == len(CONDITIONS):
+        if self.is_global:
             return global_samples(labels, points)
         return split_samples(labels, points, self.conditions)
 
@@ -123,21 +146,46 @@ class RoiTask(Task):
             if not keep.all():
                 log.info("%s: %d of %d training samples have no label or no region and are skipped",
                          self.name, int((~keep).sum()), len(keep))
-            ds = RoiDataset(ds.samples[keep], self.store, self.data.roi, self.conditions, train=True)
+            ds = RoiDataset(ds.samples[keep], self.store, self.data.roi, self.conditions, train=True, memo=memo)
         return ds
 
     def build_datasets(self, ctx: FoldContext):
         self._setup(ctx)
         self.require_points(self.data.oof_points, ctx)  # before training, not after it
-        train = self.dataset(ctx.train_studies(), self.data.train_points, train=True)
-        valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=self.data.keep_valid_regions)
+        memo = self.data.keep_regions
+        train = self.dataset(ctx.train_studies(), self.data.train_points, train=True, memo=memo)
+        valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=memo)
         return train, valid
 
     # ----------------------------------------------------------------- model and steps
+    def level_logits(self) -> torch.Tensor:
+        """(levels, outputs): per level the log of the training folds' weight-aware prior of the model's
+        conditions (a split model over two sides gets the mean of their priors)."""
+        prior = self.prior.set_index(["condition", "level"])
+        rows = []
+        for level in LEVELS:
+            probs = [prior.loc[(c, level), list(PRED_COLUMNS)].to_numpy(dtype=float) for c in self.conditions]
+            rows.append(np.concatenate(probs) if self.is_global else np.mean(probs, axis=0))
+        return torch.log(torch.as_tensor(np.array(rows), dtype=torch.float32))
+
+    def build_model(self, pretrained: bool = True):
+        model = super().build_model(pretrained)
+        if self.data.prior_logits and getattr(self, "prior", None) is not None:
+            with torch.no_grad():
+                model.level_logits.copy_(self.level_logits())
+        return model
+
+    @property
+    def is_global(self) -> bool:
+        return len(self.conditions) == len(CONDITIONS)
+
     def model_params(self) -> dict:
         return {**self.cfg.model.params, "regions": region_count(self.conditions, self.data.roi),
-                "num_outputs": 3 * (len(CONDITIONS) if len(self.conditions) == len(CONDITIONS) else 1),
+                "num_outputs": 3 * (len(CONDITIONS) if self.is_global else 1),
                 "image_size": self.data.roi.out_size}
+
+    def forward(self, model, batch):
+        return model(batch["image"], batch["level"] if self.data.prior_logits else None)
 
     def loss(self, outputs, batch) -> torch.Tensor:
         logits = class_logits(outputs).float().reshape(-1, 3)
