@@ -3,9 +3,10 @@ the image-free prior, on the same folds.
 
 Each experiment is scored on its ``oof_fold{k}.csv`` files (stage 1's predicted points: the CV Kaggle will see)
 and, beside it, on ``oof_true_points_fold{k}.csv`` (true points: what stage 1 costs). A family row averages, per
-row id, the predictions of its experiments whose ``source`` is ``model`` (a split model predicts one condition
-group; rows no member predicts keep the training folds' prior); ``split+global`` is the mean of the two family
-predictions, the recipe's final blend. The prior row is :func:`rsna2024.data.prior.prior_oof` on the same studies.
+row id, the predictions of its experiments whose ``source`` is ``model`` (``rsna2024.classifiers.oof.blend_oof``:
+a split model predicts one condition group; rows no member predicts keep the training folds' prior);
+``split+global`` is the mean of the two family predictions, the recipe's final blend. The prior row is
+:func:`rsna2024.data.prior.prior_oof` on the same studies.
 """
 from __future__ import annotations
 
@@ -36,21 +37,6 @@ def read_oof(run_dir: Path, folds: Sequence[int], points: str = "predicted") -> 
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
 
-def blend(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Per row id the mean of the tables' ``model`` rows; rows without one keep the mean of the others (the
-    prior). Every table must hold the same row ids. Returns ``row_id``, the three columns and ``source``."""
-    ids = [frozenset(t["row_id"]) for t in tables]
-    if any(i != ids[0] for i in ids[1:]):
-        raise ValueError("the OOF tables to blend cover different row ids")
-    both = pd.concat(tables, ignore_index=True)
-    cols = list(PRED_COLUMNS)
-    model = both[both["source"] == "model"].groupby("row_id")[cols].mean()
-    rest = both[~both["row_id"].isin(model.index)].groupby("row_id")[cols].mean()
-    out = pd.concat([model.assign(source="model"), rest.assign(source="prior")]).reset_index()
-    out[cols] = out[cols].div(out[cols].sum(axis=1), axis=0)
-    return out.sort_values("row_id", ignore_index=True)
-
-
 def mean_of(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Per row id the plain mean of ``tables`` (a blend of family blends), renormalised."""
     cols = list(PRED_COLUMNS)
@@ -63,7 +49,7 @@ def oof_table(data_dir: str | Path, runs_dir: str | Path, experiments: Sequence[
               folds: pd.DataFrame, fold_ids: Sequence[int]) -> pd.DataFrame:
     """The table (:data:`TABLE_COLUMNS`) for ``experiments`` (``(name, family)`` pairs, run folders in
     ``runs_dir``) over the studies of ``fold_ids``; an experiment lacking a fold file gets a note and no score."""
-    from rsna2024.classifiers.oof import score_oof
+    from rsna2024.classifiers.oof import blend_oof, score_oof
     from rsna2024.data.contract import load_labels_wide
     from rsna2024.data.prior import prior_oof
 
@@ -96,8 +82,8 @@ def oof_table(data_dir: str | Path, runs_dir: str | Path, experiments: Sequence[
         if not got["predicted"]:
             continue
         n = len(got["predicted"])
-        true = blend(got["true"]) if len(got["true"]) == n else None
-        blends[family] = {"predicted": blend(got["predicted"]), "true": true}
+        true = blend_oof(got["true"]) if len(got["true"]) == n else None
+        blends[family] = {"predicted": blend_oof(got["predicted"]), "true": true}
         row(f"{family} (mean)", family, n, blends[family]["predicted"], true)
     if len(blends) == len(FAMILIES):
         pred = mean_of([b["predicted"] for b in blends.values()])
