@@ -27,8 +27,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from rsna2024.errors import ConfigError
 from rsna2024.utils.logging import get_logger
@@ -66,6 +65,7 @@ class Experiment:
     path: Path | None = None
     depends_on: list[str] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
+    config: Any = None  # the typed ExperimentConfig when read from a file
 
     @property
     def kind(self) -> str:
@@ -87,35 +87,19 @@ class Experiment:
         return COORDS_SPEC in specs
 
     @classmethod
-    def from_dict(cls, raw: dict, path: Path | None = None) -> Experiment:
-        where = str(path) if path else "experiment"
-        if not isinstance(raw, dict):
-            raise PlanError(f"{where}: expected a mapping of config keys at the top level")
-        if path is not None:
-            raw = {"name": path.stem, **raw}
-        for key in ("name", "task"):
-            if not isinstance(raw.get(key), str) or not raw[key]:
-                raise PlanError(f"{where}: '{key}' must be a non-empty string, got {raw.get(key)!r}")
-        deps = raw.get("depends_on") or []
-        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-            raise PlanError(f"{where}: depends_on must be a list of experiment names, got {deps!r}")
-        return cls(name=raw["name"], task=raw["task"], path=path, depends_on=list(deps), raw=raw)
+    def from_dict(cls, raw: dict) -> Experiment:
+        """From a plain config mapping (``name``, ``task``, optional ``depends_on`` and ``data``), untyped."""
+        return cls(name=raw["name"], task=raw["task"], depends_on=list(raw.get("depends_on") or []), raw=raw)
 
 
 def read_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
-    """An :class:`Experiment` from a YAML file, ``key=value`` overrides applied (as ``rsna2024 train --set``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"experiment config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{path}: not valid YAML: {exc}") from exc
-    if isinstance(raw, dict) and overrides:
-        from rsna2024.training.config import apply_overrides
+    """An :class:`Experiment` from a YAML file through the typed config (``load_config``: unknown keys rejected,
+    ``key=value`` overrides applied as ``rsna2024 train --set``); the typed config is kept in ``config``."""
+    from rsna2024.training.config import config_to_dict, load_config
 
-        raw = apply_overrides(raw, overrides)
-    return Experiment.from_dict(raw, path)
+    cfg = load_config(path, overrides)
+    return Experiment(name=cfg.name, task=cfg.task, path=Path(path), depends_on=list(cfg.depends_on),
+                      raw=config_to_dict(cfg), config=cfg)
 
 
 def discover_experiments(folder: str | Path, overrides: Sequence[str] = ()) -> list[Experiment]:
@@ -505,11 +489,12 @@ def _pool_and_selection(opts: RunOptions) -> tuple[list[Experiment], list[Experi
     items = list(opts.experiments or [])
     folders = [Path(i) for i in items if Path(i).is_dir()]
     rest = [i for i in items if not Path(i).is_dir()]
+    overrides = [*opts.overrides, *device_override(opts)]
     pool = check_unique_names([e for f in (folders or [opts.experiments_dir]) for e in
-                               discover_experiments(f, opts.overrides)])
+                               discover_experiments(f, overrides)])
     if folders and not rest:
         return pool, None
-    return pool, select_experiments(pool, rest, opts.overrides) if rest else None
+    return pool, select_experiments(pool, rest, overrides) if rest else None
 
 
 class FoldJobs:
@@ -659,12 +644,9 @@ def device_override(opts: RunOptions) -> list[str]:
 
 def load_plan(opts: RunOptions) -> tuple[Plan, dict]:
     """The plan and every experiment's typed config (overrides applied), checked before anything runs."""
-    from rsna2024.training.config import load_config
-
     pool, selected = _pool_and_selection(opts)
     plan = plan_experiments(pool, selected, coords_exist=(opts.runs / COORDS_FILES["train"]).is_file())
-    configs = {e.name: load_config(e.path, [*opts.overrides, *device_override(opts)]) for e in plan.experiments}
-    return plan, configs
+    return plan, {e.name: e.config for e in plan.experiments}
 
 
 def folds_wanted(configs: dict) -> int:
