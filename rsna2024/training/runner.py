@@ -209,7 +209,7 @@ def plan_experiments(pool: Sequence[Experiment], selected: Sequence[Experiment] 
         raise PlanError(f"keypoint experiments {', '.join(sorted(names))} are all task {t!r}: the coordinates file "
                         "takes one run per series type; pick one with --experiments")
     needs = [e for e in exps if e.needs_coords]
-    coords_from = [e.name for e in keypoints] if needs or keypoints else []
+    coords_from = [e.name for e in keypoints]
     if needs and not keypoints and not coords_exist:
         raise PlanError(f"experiment {needs[0].name!r} reads the keypoint coordinates ({COORDS_SPEC}), but no "
                         "keypoint experiment is among the experiments and the file does not exist")
@@ -286,85 +286,115 @@ def run_jobs(jobs: Sequence[Job], slots: Sequence[str | None] = (None,), poll_s:
 
     ``slots=(None,)``: one after another in this process (``job.call``). Otherwise each slot (a GPU id) runs
     one ``job.command`` subprocess at a time with ``CUDA_VISIBLE_DEVICES=<slot>``, output to ``job.log_file``.
-    A failed job does not stop the others; jobs depending on it (directly or not) end ``blocked``.
+    A failed job does not stop the others; jobs depending on it (directly or not) end ``blocked``. If the
+    scheduler itself stops (Ctrl-C), its running subprocesses are terminated.
     """
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate job names in {names}")
-    unknown = {d for j in jobs for d in j.deps} - set(names)
-    if unknown:
-        raise ValueError(f"jobs depend on unknown jobs {sorted(unknown)}")
-    serial = list(slots) == [None]
-    pending = list(jobs)
-    results: dict[str, JobResult] = {}
-    running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
-    free = list(slots)
-    while pending or running:
-        started = True
-        while started:
-            started = False
-            for job in list(pending):
-                bad = [d for d in job.deps if d in results and not results[d].ok]
-                if bad:
-                    pending.remove(job)
-                    why = results[bad[0]].message or results[bad[0]].status
-                    results[job.name] = JobResult(job.name, "blocked", message=f"{bad[0]} {results[bad[0]].status}: "
-                                                  f"{why}")
-                    log.warning("%s: not run, %s", job.name, results[job.name].message)
-                    started = True
-                    continue
-                if not all(d in results for d in job.deps) or not free:
-                    continue
-                pending.remove(job)
-                started = True
-                try:
-                    skip = job.check()
-                except Blocked as exc:
-                    results[job.name] = JobResult(job.name, "blocked", message=str(exc))
-                    log.warning("%s: not run, %s", job.name, exc)
-                    continue
-                if skip:
-                    results[job.name] = JobResult(job.name, "skipped", message=skip)
-                    log.info("%s: skipped (%s)", job.name, skip)
-                    continue
-                if serial:
-                    results[job.name] = _run_inline(job)
-                    continue
-                slot = free.pop(0)
-                running[job.name] = (job, *_start(job, slot, env), slot)
-                log.info("%s: started on GPU %s%s", job.name, slot, f" (log {job.log_file})" if job.log_file else "")
-        if not running:
-            continue
-        time.sleep(poll_s)
-        for name, (job, proc, t0, slot) in list(running.items()):
+    return _Scheduler(jobs, slots, poll_s, env).run()
+
+
+class _Scheduler:
+    def __init__(self, jobs: Sequence[Job], slots: Sequence[str | None], poll_s: float, env: dict | None):
+        self.names = [j.name for j in jobs]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"duplicate job names in {self.names}")
+        unknown = {d for j in jobs for d in j.deps} - set(self.names)
+        if unknown:
+            raise ValueError(f"jobs depend on unknown jobs {sorted(unknown)}")
+        self.slots, self.poll_s, self.env = list(slots), poll_s, env
+        self.serial = self.slots == [None]
+        self.pending = list(jobs)
+        self.free = list(slots)
+        self.results: dict[str, JobResult] = {}
+        self.running: dict[str, tuple[Job, subprocess.Popen, float, str]] = {}
+
+    def run(self) -> dict[str, JobResult]:
+        try:
+            while self.pending or self.running:
+                while self._start_next():
+                    pass
+                if self.running:
+                    time.sleep(self.poll_s)
+                    self._collect()
+        except BaseException:
+            for job, proc, _, _ in self.running.values():
+                log.warning("stopping %s (pid %d)", job.name, proc.pid)
+                proc.terminate()
+            raise
+        return {n: self.results[n] for n in self.names}
+
+    def _start_next(self) -> bool:
+        """Settle or start the first pending job that can move; False when none can."""
+        for job in self.pending:
+            bad = [d for d in job.deps if d in self.results and not self.results[d].ok]
+            if bad:
+                dep = self.results[bad[0]]
+                self._finish(job, JobResult(job.name, "blocked", message=f"{dep.name} {dep.status}: "
+                                            f"{dep.message or dep.status}"))
+                return True
+            if all(d in self.results for d in job.deps) and self.free:
+                break
+        else:
+            return False
+        try:
+            skip = job.check()
+        except Blocked as exc:
+            self._finish(job, JobResult(job.name, "blocked", message=str(exc)))
+            return True
+        if skip:
+            self._finish(job, JobResult(job.name, "skipped", message=skip))
+        elif self.serial:
+            self._finish(job, _run_inline(job))
+        else:
+            self.pending.remove(job)
+            slot = self.free.pop(0)
+            self.running[job.name] = (job, *_start(job, slot, self.env), slot)
+            log.info("%s: started on GPU %s%s", job.name, slot, f" (log {job.log_file})" if job.log_file else "")
+        return True
+
+    def _finish(self, job: Job, result: JobResult) -> None:
+        self.pending.remove(job)
+        self.results[job.name] = result
+        if result.status == "blocked":
+            log.warning("%s: not run, %s", job.name, result.message)
+        elif result.status == "skipped" and result.message:
+            log.info("%s: skipped (%s)", job.name, result.message)
+
+    def _collect(self) -> None:
+        """Results of the subprocesses that ended; their slots are free again."""
+        for name, (job, proc, t0, slot) in list(self.running.items()):
             if proc.poll() is None:
                 continue
-            del running[name]
-            free.append(slot)
-            free.sort(key=lambda s: list(slots).index(s))
+            del self.running[name]
+            self.free.append(slot)
+            self.free.sort(key=self.slots.index)
             seconds = time.perf_counter() - t0
-            if proc.returncode == 0:
-                results[name] = JobResult(name, "done", seconds, slot=str(slot))
-                if job.after is not None:
-                    job.after()
-                log.info("%s: done on GPU %s in %s", name, slot, format_seconds(seconds))
-            else:
+            if proc.returncode != 0:
                 tail = _tail(job.log_file)
-                results[name] = JobResult(name, "failed", seconds, f"exit status {proc.returncode}", slot=str(slot))
+                self.results[name] = JobResult(name, "failed", seconds, f"exit status {proc.returncode}", slot)
                 log.error("%s: failed on GPU %s (exit status %d) after %s%s", name, slot, proc.returncode,
                           format_seconds(seconds), f"; end of {job.log_file}:\n{tail}" if tail else "")
-    return {n: results[n] for n in names}
+                continue
+            try:
+                if job.after is not None:
+                    job.after()
+            except Exception as exc:  # noqa: BLE001 - counts as a failed command
+                self.results[name] = JobResult(name, "failed", seconds, f"{type(exc).__name__}: {exc}", slot)
+                log.error("%s: finished on GPU %s, then failed: %s", name, slot, exc)
+                continue
+            self.results[name] = JobResult(name, "done", seconds, slot=slot)
+            log.info("%s: done on GPU %s in %s", name, slot, format_seconds(seconds))
 
 
 def _run_inline(job: Job) -> JobResult:
     t0 = time.perf_counter()
     log.info("%s: running", job.name)
     try:
-        outcome = job.call() if job.call is not None else _run_command(job)
+        if job.call is None:
+            raise ValueError(f"job {job.name} has nothing to run in this process (no call)")
+        outcome = job.call()
         if job.after is not None:
             job.after()
     except Blocked as exc:
-        log.warning("%s: not run, %s", job.name, exc)
         return JobResult(job.name, "blocked", message=str(exc))
     except Exception as exc:  # noqa: BLE001 - one failed job must not stop the independent ones
         log.error("%s: failed after %s: %s\n%s", job.name, format_seconds(time.perf_counter() - t0), exc,
@@ -375,12 +405,6 @@ def _run_inline(job: Job) -> JobResult:
         return JobResult(job.name, "skipped", seconds, "finished earlier")
     log.info("%s: done in %s", job.name, format_seconds(seconds))
     return JobResult(job.name, "done", seconds)
-
-
-def _run_command(job: Job) -> None:
-    proc, _ = _start(job, None, None)
-    if proc.wait() != 0:
-        raise RuntimeError(f"{' '.join(job.command or [])} exited with status {proc.returncode}")
 
 
 def _start(job: Job, slot: str | None, env: dict | None) -> tuple[subprocess.Popen, float]:
