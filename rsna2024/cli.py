@@ -326,6 +326,26 @@ def _run_compare(args):
     print(f"table and confusion matrices written to {out} ({CSV_FILE}, ...)")
 
 
+# --------------------------------------------------------------------------- run
+def _add_run(sub):
+    from rsna2024.training.runner import add_run_arguments
+
+    p = sub.add_parser("run", help="what main.py does: validate, folds, cache, then every experiment across the folds "
+                       "in dependency order (keypoints, coordinates, classifiers) and the OOF table")
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder in Kaggle layout")
+    p.add_argument("--cache", type=writable_dir, default=None,
+                   help="preprocessing cache root (default: <data>/../cache)")
+    p.add_argument("--workers", type=positive_int, default=2, help="preprocessing processes")
+    add_run_arguments(p)
+    return p
+
+
+def _run_run(args):
+    from rsna2024.training.runner import options_from_args, run_pipeline
+
+    return run_pipeline(options_from_args(args, args.data, Path("experiments")))
+
+
 COMMANDS = {
     "synth": (_add_synth, _run_synth),
     "validate": (_add_validate, _run_validate),
@@ -338,6 +358,7 @@ COMMANDS = {
     "coords": (_add_coords, _run_coords),
     "keypoint-report": (_add_keypoint_report, _run_keypoint_report),
     "compare": (_add_compare, _run_compare),
+    "run": (_add_run, _run_run),
 }
 
 

@@ -41,11 +41,21 @@ def test_tiny_models_forward_and_backward(name, regions, outputs):
     out = model(x)
     assert out.shape == (2, outputs)
     target = torch.tensor([[0, 2, 1, 0, -100][: outputs // 3], [1, 0, -100, 2, 0][: outputs // 3]])
-    loss = torch.nn.functional.cross_entropy(out.reshape(-1, 3), target.reshape(-1), ignore_index=-100)
-    loss.backward()
+    assert torch.equal(out, torch.zeros_like(out))  # the head starts at zero: softmax(level_logits) = the prior
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):  # the zero head gets gradients first, the backbone from the second step on
+        opt.zero_grad()
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out.reshape(-1, 3), target.reshape(-1), ignore_index=-100)
+        loss.backward()
+        opt.step()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads[:3])  # the backbone's first layers learn too
+    model.eval()
+    model.level_logits[3] = torch.arange(outputs, dtype=torch.float32)
+    shifted = model(x, torch.tensor([3, 0])) - model(x)
+    assert torch.allclose(shifted[0], model.level_logits[3]) and torch.allclose(shifted[1], torch.zeros(outputs))
     probs = class_probabilities(out.detach())
     assert probs.shape == (2, outputs // 3, 3) and torch.allclose(probs.sum(-1), torch.ones(2, outputs // 3))
     with pytest.raises(ValueError, match="regions"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rsna2024.classifiers.oof import fold_prior
-from rsna2024.constants import CONDITION_GROUPS, CONDITION_NAMES, PRED_COLUMNS, study_row_ids
+from rsna2024.constants import CONDITION_GROUPS, CONDITION_NAMES, CONDITIONS, PRED_COLUMNS, study_row_ids
 from rsna2024.data.contract import load_labels_long, load_labels_wide, load_submission
 from rsna2024.data.folds import assign_folds
 from rsna2024.errors import ConfigError
@@ -143,6 +143,25 @@ def test_every_classifier_config_loads_with_the_recipe_figures():
             schedule = (cfg.schedule.name, cfg.schedule.step_size, cfg.schedule.gamma)
             assert cfg.optim.lr == 1e-3 and schedule == ("step", 2, 0.1)
     demo = sorted((root / "demo").glob("*.yaml"))
-    for path in (p for p in demo if not p.stem.startswith("keypoint")):
+    for path in (p for p in demo if p.stem.startswith(("split_", "global"))):
         cfg = load_config(path)
         assert cfg.device == "cpu" and cfg.model.pretrained == "none" and cfg.model.name.startswith("roi25d_tiny")
+
+
+def test_an_untrained_model_predicts_the_training_folds_prior(phantom_dir, phantom_cache, stage2):
+    from rsna2024.training.task import FoldContext, create_task
+
+    cfg = _config("global", "global_prior")
+    task = create_task(cfg)
+    ctx = FoldContext(cfg=cfg, data_dir=phantom_dir, cache_root=phantom_cache.parent, folds=stage2["folds"], fold=0,
+                      run_dir=stage2["runs"] / cfg.name, device=torch.device("cpu"), task=task)
+    _, valid = task.build_datasets(ctx)
+    model = task.build_model().eval()
+    batch = torch.utils.data.default_collate([valid[i] for i in range(6)])
+    with torch.no_grad():
+        probs = task.predict(task.forward(model, batch), batch)["probs"].numpy()
+    prior = fold_prior(stage2["wide"], ctx.train_studies()).set_index(["condition", "level"])
+    for i in range(6):
+        level = valid.rows[i]["level"]
+        expected = np.stack([prior.loc[(c, level), list(PRED_COLUMNS)].to_numpy(dtype=float) for c in CONDITIONS])
+        np.testing.assert_allclose(probs[i], expected, rtol=1e-5)

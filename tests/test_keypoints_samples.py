@@ -52,13 +52,13 @@ def test_left_and_right_t1_samples_are_never_confused(setup):
             opposite = _landmark(truth, s.study_id, FORAMINAL[other], level)
             _, _, z = series.plane_coordinates(own)
             _, _, z_opp = series.plane_coordinates(opposite)
-            # the centre slice lies by its own side's foramen (foramina sit 15-19 mm off the midline, the slice
-            # at 16.8 mm) and far from the other side's
-            assert abs(z[s.centre]) < 10.0, (s.kind, level, z[s.centre])
+            # the centre slice lies by its own side's foramen (foramina sit about 15-19 mm off the midline, more
+            # with the phantom's per-study scale and tilt; the slice at 16.8 mm) and far from the other side's
+            assert abs(z[s.centre]) < 12.0, (s.kind, level, z[s.centre])
             assert abs(z_opp[s.centre]) > 20.0, (s.kind, level, z_opp[s.centre])
             if np.isfinite(s.points[k]).all():  # the target is its own side's landmark, seen on the centre slice
                 mm = series.pixel_to_patient(s.centre, *s.points[k])
-                assert np.linalg.norm(mm - own) < 10.0
+                assert np.linalg.norm(mm - own) < 12.0
                 assert np.linalg.norm(mm - opposite) > 20.0
         # patient left is +x (LPS): the left sample's slice is left of the right one's
         x_centre = series.centers[s.centre][0]

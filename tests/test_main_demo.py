@@ -1,49 +1,143 @@
-"""``python main.py --demo`` end to end in a subprocess, as a newcomer runs it, and its resumption."""
+"""``python main.py --demo`` end to end in a subprocess, as a newcomer runs it: a second run that rewrites nothing,
+and a run killed in the middle of a classifier fold that, started again, ends with the same OOF table."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+from rsna2024.training.runner import COORDS_FILES, discover_experiments, plan_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
+# 10 studies in 2 folds, 2 epochs per fold: every stage of the demo, small enough for the test suite.
+SMALL = ["--demo-studies", "10", "--workers", "1", "--set", "folds=2", "--set", "epochs=2"]
+FAMILY_ROWS = ["split (mean)", "global (mean)", "split+global (mean)", "image-free prior"]
 
 
-def _run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "main.py", "--demo", "--data", str(tmp_path / "phantom"), "--cache",
-           str(tmp_path / "cache"), "--demo-studies", "6", "--workers", "1"]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _demo_cmd(root: Path, runs: Path) -> list[str]:
+    return [sys.executable, "main.py", "--demo", "--data", str(root / "phantom"), "--cache", str(root / "cache"),
+            "--runs", str(runs), *SMALL]
 
 
-def test_demo_generates_validates_folds_caches_and_scores_the_floor(tmp_path):
-    first = _run_demo(tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    data = tmp_path / "phantom"
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _run(cmd, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def _demo_plan():
+    return plan_experiments(discover_experiments(ROOT / "experiments" / "demo"))
+
+
+def _files(folder: Path, skip=("main.log",)) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name not in skip
+            and "logs" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    first = _run(_demo_cmd(root, root / "runs"))
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
+    return root, first
+
+
+def test_demo_runs_every_stage_and_prints_the_oof_table(demo):
+    root, first = demo
+    data, runs = root / "phantom", root / "runs"
     assert (data / "train.csv").is_file() and (data / "train_images").is_dir()
     folds = pd.read_csv(data / "folds.csv")
     assert sorted(folds["study_id"]) == sorted(pd.read_csv(data / "train.csv")["study_id"])
-    index_files = list((tmp_path / "cache").glob("*/index.csv"))
+    assert sorted(folds["fold"].unique()) == [0, 1]
+    index_files = list((root / "cache").glob("*/index.csv"))
     assert len(index_files) == 1
     index = pd.read_csv(index_files[0])
     described = pd.concat([pd.read_csv(data / f"{s}_series_descriptions.csv") for s in ("train", "test")])
     assert len(index) == len(described) and (index["status"] == "ok").all()
-    total = re.search(r"total\s+([0-9.]+)", first.stdout)
-    assert total, first.stdout
-    assert 0.3 < float(total.group(1)) < 2.0  # a prior on 6 studies: finite, not degenerate
 
-    # A second run finds everything done: it must not regenerate, rewrite the folds or redecode.
-    watched = [data / "train.csv", data / "folds.csv", index_files[0].parent / "series"]
-    stamp = {p: p.stat().st_mtime_ns for p in watched}
-    npy_times = {p: p.stat().st_mtime_ns for p in index_files[0].parent.glob("series/*/*.npy")}
-    second = _run_demo(tmp_path)
+    plan = _demo_plan()
+    keypoints = [e.name for e in plan.experiments if e.kind == "keypoint"]
+    classifiers = [e for e in plan.experiments if e.kind == "classifier"]
+    assert keypoints and {e.family for e in classifiers} == {"split", "global"}
+    for name in keypoints + [e.name for e in classifiers]:
+        assert all((runs / name / f"fold{k}_done.json").is_file() for k in (0, 1)), name
+    coords = pd.read_csv(runs / COORDS_FILES["train"])
+    assert set(coords["study_id"]) == set(folds["study_id"]) and coords["x"].notna().mean() > 0.5
+    assert set(pd.read_csv(runs / COORDS_FILES["test"])["study_id"]) == \
+        set(pd.read_csv(data / "test_series_descriptions.csv")["study_id"])
+
+    table = pd.read_csv(runs / "oof_scores.csv")
+    assert list(table["experiment"]) == [e.name for e in classifiers] + FAMILY_ROWS
+    assert table["total"].between(0.05, 3.0).all() and table["vs_prior"].iloc[-1] == 1.0
+    scored = table[table["family"] != "prior"]
+    assert scored["true_points_total"].notna().all() and (scored["studies"] == 10).all()
+    # the printed table holds the same figures as the file
+    assert "OOF scores, folds 0,1 (10 studies)" in first.stdout
+    for row in table.itertuples():
+        assert re.search(rf"{re.escape(row.experiment)}\s+\S+\s+{row.models}\s+{row.total:.4f}", first.stdout), \
+            row.experiment
+    assert "Keypoint OOF 3-D error (mm)" in first.stdout
+    assert re.search(r"keypoint_sagt2 fold 1: done in [0-9.]+ (s|min)", first.stderr)
+
+
+def test_second_demo_run_rewrites_nothing(demo):
+    root, first = demo
+    data = root / "phantom"
+    series = next((root / "cache").glob("*/series"))  # decoded slices (the cache rewrites its index each time)
+    watched = {**_files(data), series: series.stat().st_mtime_ns, **_files(series), **_files(root / "runs")}
+    second = _run(_demo_cmd(root, root / "runs"))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
-    assert {p: p.stat().st_mtime_ns for p in npy_times} == npy_times
-    assert re.search(r"total\s+([0-9.]+)", second.stdout).group(1) == total.group(1)
+    assert {p: p.stat().st_mtime_ns for p in watched} == watched
+    assert not re.search(r"(fold \d+|coordinates \(.*\)): running", second.stderr)
+    assert re.search(r"split_\w+ fold 1: skipped \(finished earlier\)", second.stderr)
+    table = lambda out: out[out.index("OOF scores"):]  # noqa: E731
+    assert table(second.stdout).split("Keypoint")[0] == table(first.stdout).split("Keypoint")[0]
+
+
+def test_demo_killed_in_a_classifier_fold_resumes_to_the_same_table(demo):
+    """SIGKILL once the last classifier's fold 1 has its first checkpoint; the rerun trains only what is left."""
+    root, _ = demo
+    runs, again = root / "runs", root / "runs_killed"
+    again.mkdir()
+    plan = _demo_plan()
+    for name in plan.coords_from:  # stage 1 as it was: the kill lands in stage 2
+        shutil.copytree(runs / name, again / name)
+    for f in runs.glob("coords_*"):
+        shutil.copy2(f, again / f.name)
+    target = [e.name for e in plan.experiments if e.kind == "classifier"][-1]
+    last, done = again / target / "fold1_last.pt", again / target / "fold1_done.json"
+
+    proc = subprocess.Popen(_demo_cmd(root, again), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert last.exists() and not done.exists(), "the run ended before the kill"
+    finished = {p: p.stat().st_mtime_ns for p in again.rglob("fold*_*") if
+                (p.parent / f"{p.name.split('_')[0]}_done.json").exists()}
+    assert again / target / "fold0_done.json" in finished  # fold 0 of the target was finished before the kill
+
+    resumed = _run(_demo_cmd(root, again))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # no finished fold trained again
+    assert f"{target} fold 0: skipped (finished earlier)" in resumed.stderr
+    assert re.search(rf"fold 1: resuming from \S*{target}/fold1_last.pt \(epoch 1 of 2 done\)", resumed.stderr)
+    assert (again / "oof_scores.csv").read_text() == (runs / "oof_scores.csv").read_text()
 
 
 def test_main_without_data_says_what_to_do(tmp_path):

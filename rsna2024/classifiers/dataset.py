@@ -1,7 +1,7 @@
 """The torch dataset of stage 2: regions of interest cut from the cache around each sample's points.
 
-An item is ``{"image": (R, S, H, W) float32, "target": (K,) int64, "index": i}``: R regions of S slices
-and K labels (``IGNORE_INDEX`` where the label or the condition's point is missing). Split models:
+An item is ``{"image": (R, S, H, W) float32, "target": (K,) int64, "level": int, "index": i}``: R regions of
+S slices, K labels (``IGNORE_INDEX`` where the label or the condition's point is missing). Split models:
 K = 1 and R = 1 (2 for the spinal model with ``roi.spinal_axial``: the Sagittal T2 region and the level's
 axial one). Global model: K = 5 (the conditions in :data:`rsna2024.constants.CONDITIONS` order) and
 R = 5 regions in the same order (+1 axial with ``spinal_axial``); a region whose point or series is
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from rsna2024.classifiers.roi import SPINAL, RoiConfig, axial_region, condition_region
 from rsna2024.classifiers.samples import MM_COLUMNS, has_point
-from rsna2024.constants import AXIAL_T2, CONDITIONS, PRED_COLUMNS
+from rsna2024.constants import AXIAL_T2, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.dicom.series import Series
 
 IGNORE_INDEX = -100
@@ -169,7 +169,8 @@ class RoiDataset(Dataset):
             image = image.astype(np.float32)
         else:
             image = self.image(i, rng)
-        return {"image": torch.from_numpy(image), "target": torch.from_numpy(self.labels(i)), "index": i}
+        return {"image": torch.from_numpy(image), "target": torch.from_numpy(self.labels(i)),
+                "level": LEVELS.index(self.rows[i]["level"]), "index": i}
 
     def usable(self) -> np.ndarray:
         """Rows with at least one known label on a present region (what training keeps)."""

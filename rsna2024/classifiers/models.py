@@ -5,6 +5,9 @@ Input ``(B, R, S, H, W)``: R regions of S slices. Each slice ``s`` of each regio
 it (edge slices repeated), giving one feature vector per window; a bidirectional GRU runs over them and its
 outputs are averaged. The R region vectors are concatenated and a linear head gives ``num_outputs`` logits: 3
 for a split model (one condition), 15 = 5 conditions x 3 for the global model (reshaped by the task to (5, 3)).
+Given the samples' levels, the buffer ``level_logits`` (levels x outputs, saved with the weights) is added:
+the tasks set it to the log of the training folds' prior, and the head starts at zero, so an untrained model
+predicts the prior and training learns what the images add to it.
 
 Registered: ``roi25d`` (any timm backbone, default resnet18) and the tiny CPU variants ``roi25d_tiny``
 (resnet10t) and ``roi25d_tiny_mobilenet`` (mobilenetv3_small_050), for tests and demo configs at 32-64 px.
@@ -17,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rsna2024.constants import LEVELS
 from rsna2024.errors import ConfigError
 from rsna2024.models.pretrained import imagenet_unavailable, load_local_weights, parse_pretrained
 from rsna2024.models.registry import register_model
+
+LEVEL_COUNT = len(LEVELS)
 
 
 def _timm_backbone(name: str, in_chans: int, image_size: int | None, pretrained: bool, params: dict) -> nn.Module:
@@ -97,8 +103,14 @@ class Roi25d(nn.Module):
         features = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # after a conv head
         self.gru = nn.GRU(features, hidden, batch_first=True, bidirectional=True)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(regions * 2 * hidden, num_outputs))
+        nn.init.zeros_(self.head[1].weight)  # an untrained model predicts softmax(level_logits)
+        nn.init.zeros_(self.head[1].bias)
+        # per level, logits added to the head's output (the task fills them with the training prior's log)
+        self.register_buffer("level_logits", torch.zeros(LEVEL_COUNT, num_outputs))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, num_outputs)`` of regions ``x``; with ``level`` (B,) indices into the levels, plus
+        :attr:`level_logits` of each sample's level."""
         if x.ndim != 5 or x.shape[1] != self.regions:
             raise ValueError(f"roi25d expects (batch, regions={self.regions}, slices, H, W), got {tuple(x.shape)}")
         b, r, s, h, w = x.shape
@@ -107,7 +119,8 @@ class Roi25d(nn.Module):
         feats = self.backbone(windows.reshape(b * r * n, self.in_chans, h, w)).reshape(b * r, n, -1)
         seq, _ = self.gru(feats)
         pooled = seq.mean(dim=1).reshape(b, -1)
-        return self.head(pooled)
+        out = self.head(pooled)
+        return out if level is None else out + self.level_logits[level]
 
 
 @register_model("roi25d")

@@ -4,6 +4,9 @@ Per fold (see :mod:`rsna2024.training.task` for the order of the calls):
 
 - training samples: the training folds' (study, level, condition) rows with a label and a region, cut
   around the TRUE points (``data.train_points``) with the jitter of ``data.roi.jitter``;
+- model: ``model.name`` from the registry with the regions and outputs of the task; with ``data.prior_logits``
+  (default) its ``level_logits`` hold the log of the training folds' weight-aware prior per level, added to the
+  logits of each sample's level, so the model starts from the prior and learns what the images add;
 - loss: cross-entropy with class weights ``data.class_weights`` (1, 2, 4 as the metric), missing labels
   ignored (``ignore_index``); the global model's 15 outputs are 5 conditions x 3 classes;
 - validation after each epoch: the held-out fold's studies on ``data.valid_points`` (true points by
@@ -38,7 +41,7 @@ from rsna2024.classifiers.models import class_logits, class_probabilities
 from rsna2024.classifiers.oof import assemble_oof, fold_prior, merge_folds, oof_name, score_oof
 from rsna2024.classifiers.roi import SPINAL, RoiConfig
 from rsna2024.classifiers.samples import global_samples, label_table, load_points, points_in_mm, split_samples
-from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS
+from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.data.contract import COORDINATES_FILE, load_labels_wide
 from rsna2024.errors import ConfigError
 from rsna2024.metric import SCORE_KEYS
@@ -61,6 +64,7 @@ class ClassifierData:
     oof_points: str | bool = DEFAULT_OOF_POINTS  # stage 1's predicted points for the OOF files
     class_weights: list[float] = field(default_factory=lambda: list(CLASS_WEIGHTS))
     keep_regions: bool = False  # keep regions in memory once cut (float16; with workers: 0, e.g. CPU demos)
+    prior_logits: bool = True  # start from the training folds' prior per level (the model's level_logits)
     cache: str | None = None  # preprocessing cache folder; default: the default-parameter folder of the trainer's root
 
     def __post_init__(self) -> None:
@@ -131,7 +135,7 @@ class RoiTask(Task):
     def samples(self, studies, spec: str) -> pd.DataFrame:
         labels = label_table(self.wide, studies)
         points = self.points(spec, studies)
-        if len(self.conditions) == len(CONDITIONS):
+        if self.is_global:
             return global_samples(labels, points)
         return split_samples(labels, points, self.conditions)
 
@@ -154,10 +158,34 @@ class RoiTask(Task):
         return train, valid
 
     # ----------------------------------------------------------------- model and steps
+    def level_logits(self) -> torch.Tensor:
+        """(levels, outputs): per level the log of the training folds' weight-aware prior of the model's
+        conditions (a split model over two sides gets the mean of their priors)."""
+        prior = self.prior.set_index(["condition", "level"])
+        rows = []
+        for level in LEVELS:
+            probs = [prior.loc[(c, level), list(PRED_COLUMNS)].to_numpy(dtype=float) for c in self.conditions]
+            rows.append(np.concatenate(probs) if self.is_global else np.mean(probs, axis=0))
+        return torch.log(torch.as_tensor(np.array(rows), dtype=torch.float32))
+
+    def build_model(self, pretrained: bool = True):
+        model = super().build_model(pretrained)
+        if self.data.prior_logits and getattr(self, "prior", None) is not None:
+            with torch.no_grad():
+                model.level_logits.copy_(self.level_logits())
+        return model
+
+    @property
+    def is_global(self) -> bool:
+        return len(self.conditions) == len(CONDITIONS)
+
     def model_params(self) -> dict:
         return {**self.cfg.model.params, "regions": region_count(self.conditions, self.data.roi),
-                "num_outputs": 3 * (len(CONDITIONS) if len(self.conditions) == len(CONDITIONS) else 1),
+                "num_outputs": 3 * (len(CONDITIONS) if self.is_global else 1),
                 "image_size": self.data.roi.out_size}
+
+    def forward(self, model, batch):
+        return model(batch["image"], batch["level"] if self.data.prior_logits else None)
 
     def loss(self, outputs, batch) -> torch.Tensor:
         logits = class_logits(outputs).float().reshape(-1, 3)
