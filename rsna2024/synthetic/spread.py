@@ -32,7 +32,7 @@ def planned_coordinates(studies: int, size: str, seed: int = 0,
             sl = by_key[(row[1], row[2])]
             rows.append((*row, sl.rows, sl.cols))
             planes.append(sl)
-    return pd.DataFrame(rows, columns=COORD_COLUMNS + ["rows", "cols"]), planes
+    return pd.DataFrame(rows, columns=[*COORD_COLUMNS, "rows", "cols"]), planes
 
 
 def series_type(coords: pd.DataFrame) -> pd.Series:
