@@ -61,9 +61,13 @@ def stage1(args, data: Path, cache: Path) -> tuple[Path, dict[str, float]]:
     seconds: dict[str, float] = {}
     if args.coords is not None:
         return args.coords, seconds
+    folder = args.stage1
+    if not (folder / f"{KEYPOINT_CONFIGS[0]}.yaml").is_file():
+        folder = HERE.parent / "experiments" / "demo"
+        print(f"no keypoint configs in {args.stage1}: stage 1 uses {folder} (learns little: expect a weak stage 1)")
     runs = []
     for name in KEYPOINT_CONFIGS:
-        cfg = load_config(args.stage1 / f"{name}.yaml", args.set_stage1)
+        cfg = load_config(folder / f"{name}.yaml", args.set_stage1)
         seconds[f"train {name}"] = train_all(cfg, data, args.work)
         runs.append(args.work / "runs" / cfg.name)
     if not out.is_file():
@@ -120,7 +124,12 @@ def main(argv=None) -> int:
     p.add_argument("--set-stage1", action="append", default=[], help="override for every keypoint config")
     p.add_argument("--set", dest="set_stage2", action="append", default=[],
                    help="override for every classifier config (e.g. epochs=2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on a shared machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     setup_logging("WARNING")
     start = time.perf_counter()
     data, cache = prepare_data(args.work, args.studies, args.seed, args.workers)
