@@ -9,23 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from toy_task import write_toy_data
+from toy_task import one_thread, write_toy_data  # noqa: F401 - one_thread: pytestmark
 
 from rsna2024.cli import main
 from rsna2024.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 TOY = {"task": "toy_task:ToyPointTask", "epochs": 2, "batch_size": 2, "folds": 2, "workers": 0, "device": "cpu",
        "seed": 3, "model": {"name": "keypoint_tiny"}, "optim": {"lr": 3.0e-3}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _config(tmp_path, **changes) -> Path:

@@ -10,22 +10,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from toy_task import toy_config, write_toy_data
+from toy_task import one_thread, toy_config, write_toy_data  # noqa: F401 - one_thread: pytestmark
 
 from rsna2024.errors import ConfigError
 from rsna2024.training.checkpoint import load_checkpoint, load_fold_model
 from rsna2024.training.config import ScheduleConfig, config_to_dict
 from rsna2024.training.optim import LRSchedule
-from rsna2024.training.trainer import resolve_amp, resolve_device, train_fold
+from rsna2024.training.trainer import TrainingError, resolve_amp, resolve_device, train_fold
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads oversubscribe and run far slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +56,7 @@ def test_fold_writes_the_run_folder_and_a_finished_fold_is_skipped(toy_data, tmp
     for r in records:
         assert {"fold", "epoch", "train_loss", "lr", "seconds", "valid_loss", "point_error"} <= r.keys()
         assert r["images"] == 8 and r["fold"] == 1
+    assert records[1]["train_loss"] < records[0]["train_loss"]  # the optimizer steps
     best = min(records, key=lambda r: r["point_error"])
     assert result.best_epoch == best["epoch"] and result.best_value == pytest.approx(best["point_error"])
     assert load_checkpoint(run / "fold1_best.pt")["epoch"] == best["epoch"]
@@ -193,3 +188,22 @@ def test_wandb_offline_records_the_fold(toy_data, tmp_path, monkeypatch):
     train_fold(toy_config(epochs=1, **{"wandb.enabled": True}), toy_data, 0, out=tmp_path)
     runs = list((tmp_path / "toy" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(toy_data, tmp_path):
+    with pytest.raises(TrainingError, match="fold 0 epoch 0: the loss became nan by batch 1 .*lower optim.lr"):
+        train_fold(toy_config(epochs=1, **{"data.noise": ".nan"}), toy_data, 0, out=tmp_path)
+    assert not (tmp_path / "toy/fold0_last.pt").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_path_runs_with_cpu_autocast(toy_data, tmp_path, monkeypatch, dtype):
+    """On CUDA, amp uses autocast plus (fp16) a GradScaler; CPU autocast runs the same code here."""
+    import rsna2024.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_amp", lambda spec, device: dtype)
+    result = train_fold(toy_config(epochs=1, grad_clip=1.0, grad_accum=2), toy_data, 0, out=tmp_path)
+    ckpt = load_checkpoint(tmp_path / "toy/fold0_last.pt")
+    assert math.isfinite(result.best_value)
+    assert bool(ckpt["scaler"]) == (dtype == torch.float16)  # the scaler's state is saved when it is used
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())

@@ -62,6 +62,7 @@ from rsna2024.utils.logging import ensure_logging, get_logger
 log = get_logger(__name__)
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
+SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the GPU)
 PLOT_EVERY_S = 60.0  # the curves PNG is redrawn at most this often during a fold, and at its end
 
 
@@ -339,7 +340,8 @@ class FoldTrainer:
 
     # ----------------------------------------------------------------- one epoch
     def train_epoch(self, epoch: int, limit_steps: int | None = None) -> dict:
-        """Train one epoch; returns ``train_loss``, ``lr``, ``seconds``, ``images`` and ``images_per_s``."""
+        """Train one epoch; returns ``train_loss``, ``lr`` (of its last optimizer step), ``seconds``, ``images`` and
+        ``images_per_s``."""
         cfg, task, model = self.cfg, self.task, self.model
         self.generator.manual_seed(_derived_seed(cfg.seed, self.fold, epoch, self.dist.rank))
         if isinstance(self.train_sampler, torch.utils.data.DistributedSampler):
@@ -349,7 +351,8 @@ class FoldTrainer:
         n_batches = len(self.train_loader) if limit_steps is None else min(len(self.train_loader),
                                                                               limit_steps * cfg.grad_accum)
         full_groups_end = (n_batches // cfg.grad_accum) * cfg.grad_accum
-        loss_sum, count = 0.0, 0
+        count, lr = 0, self.schedule.current_lr()
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)  # read every SYNC_EVERY batches only
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=n_batches, desc=f"{cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not self.is_main, leave=False, dynamic_ncols=True,
@@ -366,11 +369,9 @@ class FoldTrainer:
                 with _autocast(self.device, self.amp_dtype):
                     outputs = task.forward(model, batch)
                     loss = task.loss(outputs, batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"fold {self.fold} epoch {epoch} batch {i}: loss is {float(loss)} "
-                                        f"(lr {self.schedule.current_lr():.3g}); lower optim.lr or set grad_clip")
                 self.scaler.scale(loss / group).backward()
             if step_now:
+                lr = self.schedule.current_lr()
                 if cfg.grad_clip:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -379,16 +380,21 @@ class FoldTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.schedule.step()
             n = batch_len(batch)
-            loss_sum += float(loss.detach()) * n
+            loss_acc += loss.detach().double() * n
             count += n
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4g}", refresh=False)
+            if (i + 1) % SYNC_EVERY == 0 or i + 1 == n_batches:
+                loss_sum = float(loss_acc)
+                if not math.isfinite(loss_sum):
+                    raise TrainingError(f"fold {self.fold} epoch {epoch}: the loss became {loss_sum} by batch {i} "
+                                        f"(lr {lr:.3g}); lower optim.lr, set grad_clip or check the targets")
+                bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4g}", refresh=False)
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        loss_sum, count = ddp.sum_numbers(loss_sum, count)
-        return {"train_loss": loss_sum / max(count, 1), "lr": self.schedule.current_lr(), "seconds": seconds,
+        loss_sum, count = ddp.sum_numbers(float(loss_acc), count)
+        return {"train_loss": loss_sum / max(count, 1), "lr": lr, "seconds": seconds,
                 "images": int(count), "images_per_s": count / seconds if seconds > 0 else math.nan}
 
     def validate(self) -> dict:
