@@ -77,6 +77,21 @@ def stage1(args, data: Path, cache: Path) -> tuple[Path, dict[str, float]]:
     return out, seconds
 
 
+def stage1_errors(data: Path, cache: Path, coords: Path) -> pd.Series:
+    """Median 3-D distance (mm) of the predicted points from the true ones, per series type of the condition."""
+    from rsna2024.classifiers.dataset import SeriesStore
+    from rsna2024.classifiers.samples import MM_COLUMNS, load_points, points_in_mm
+    from rsna2024.constants import CONDITION_SERIES
+
+    store = SeriesStore(cache)
+    keys = ["study_id", "condition", "level"]
+    true = points_in_mm(load_points(data / "train_label_coordinates.csv"), store.load)
+    pred = points_in_mm(load_points(coords), store.load)
+    both = true.merge(pred, on=keys, suffixes=("_true", "_pred"))
+    dist = sum((both[f"{c}_true"] - both[f"{c}_pred"]) ** 2 for c in MM_COLUMNS) ** 0.5
+    return dist.groupby(both["condition"].map(CONDITION_SERIES)).median().rename("median error mm")
+
+
 def read_oof(run: Path, folds: int, points: str) -> pd.DataFrame:
     return pd.concat([pd.read_csv(run / oof_name(points, k)) for k in range(folds)], ignore_index=True)
 
@@ -144,6 +159,7 @@ def main(argv=None) -> int:
     table = score_table(args.work, data, experiments)
 
     print(f"\nphantom CV: {args.studies} phantom studies (seed {args.seed}), 5 folds, OOF; stage-1 points: {coords}")
+    print(stage1_errors(data, cache, coords).round(2).to_string())
     print(table.rename(columns={"any_severe_spinal": "any_severe", "true_points_total": "true_pts"})
           .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     two = table.set_index("experiment")
