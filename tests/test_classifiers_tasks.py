@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from toy_task import one_thread  # noqa: F401 - used by pytestmark
 
 from rsna2024.classifiers.oof import fold_prior
 from rsna2024.constants import CONDITION_GROUPS, CONDITION_NAMES, CONDITIONS, PRED_COLUMNS, study_row_ids
@@ -19,15 +20,7 @@ from rsna2024.training.config import config_from_dict
 from rsna2024.training.trainer import train_fold
 
 FORAMINAL = CONDITION_GROUPS["foraminal"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def stage2(phantom_dir, tmp_path_factory):
