@@ -15,7 +15,7 @@ from rsna2024.synthetic.generate import PRIMARY_ROLE
 from rsna2024.synthetic.labels import MISSING, class_frequencies, labels_frame, mask_missing, sample_classes
 from rsna2024.synthetic.quirks import ORIENTATION_KINDS, TEST_QUIRKS, QuirkRates, StudyQuirks, draw_quirks
 from rsna2024.synthetic.render import CSF, FAT, NERVE, Appearance, render_slice, tissue_map, upsample2
-from rsna2024.synthetic.series import SIZES, SlicePlan, orient, plan_series
+from rsna2024.synthetic.series import MARGIN, SIZES, SlicePlan, orient, plan_series
 from rsna2024.synthetic.spread import (
     guess_errors,
     mean_position_guess,
@@ -192,6 +192,8 @@ def test_every_landmark_falls_inside_its_series(size):
             for level in LEVELS:
                 sl, x, y, dist = plan.nearest_slice(anat.landmark(cond, level))
                 assert 0 <= x <= sl.cols - 1 and 0 <= y <= sl.rows - 1, (seed, cond, level)
+                for v, n in ((x, sl.cols), (y, sl.rows)):  # (v + 0.5) / n: fraction of the field of view
+                    assert MARGIN - 1e-9 <= (v + 0.5) / n <= 1 - MARGIN + 1e-9, (seed, cond, level, v, n)
                 assert dist <= sl.gap / 2 + 1e-9, (seed, cond, level, dist)
 
 

@@ -206,12 +206,12 @@ def _placement(rng: np.random.Generator, frames, fov: float, ranges) -> tuple[fl
     if they would not fit; each fraction is drawn from its range where the structures keep their margins
     (from the feasible interval itself where the two do not overlap).
     """
+    m = np.concatenate([np.broadcast_to(margin, len(rel)) for *_, rel, margin in frames])
+    d = [np.concatenate([rel @ frame[axis] for *frame, rel, _ in frames]) for axis in (0, 1)]  # mm along x, y
+    fov = max(fov, *((v.max() - v.min()) / (1 - 2 * m.max() - 0.05) for v in d))
     fracs = []
-    for axis, (lo, hi) in enumerate(ranges):
-        d = np.concatenate([rel @ frame[axis] for *frame, rel, _ in frames])
-        m = np.concatenate([np.broadcast_to(margin, len(rel)) for *_, rel, margin in frames])
-        fov = max(fov, (d.max() - d.min()) / (1 - 2 * m.max() - 0.05))
-        f_lo, f_hi = (m - d / fov).max(), (1 - m - d / fov).min()
+    for v, (lo, hi) in zip(d, ranges):
+        f_lo, f_hi = (m - v / fov).max(), (1 - m - v / fov).min()
         a, b = max(lo, f_lo), min(hi, f_hi)
         fracs.append(rng.uniform(a, b) if a <= b else rng.uniform(f_lo, f_hi))
     return fov, tuple(fracs)
