@@ -26,7 +26,6 @@ replaced.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -80,16 +79,10 @@ class ClassifierData:
 
 
 def default_cache_folder(cache_root: str | Path, data_dir: str | Path) -> Path:
-    """The default-parameter cache folder of ``data_dir`` inside ``cache_root``.
-
-    ``rsna2024.dicom.cache.cache_dir`` takes the data folder once the cache is keyed by it; both signatures
-    are served until every branch has that version.
-    """
+    """The default-parameter cache folder of ``data_dir`` inside ``cache_root``."""
     from rsna2024.dicom.cache import cache_dir
 
-    if "data_dir" in inspect.signature(cache_dir).parameters:
-        return cache_dir(cache_root, data_dir)
-    return cache_dir(cache_root)
+    return cache_dir(cache_root, data_dir)
 
 
 class RoiTask(Task):

@@ -82,7 +82,7 @@ def resolve_cache(data_dir: str | Path, cache: str | Path | None = None) -> Path
     if cache is not None and (Path(cache) / "params.json").exists():
         return Path(cache)
     root = default_cache_root(data_dir) if cache is None else Path(cache)
-    return cache_dir(root, CacheParams())
+    return cache_dir(root, data_dir, CacheParams())
 
 
 def require_split_cache(cache: str | Path, split: str) -> None:

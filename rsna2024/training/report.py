@@ -6,7 +6,7 @@ and, beside it, on ``oof_true_points_fold{k}.csv`` (true points: what stage 1 co
 row id, the predictions of its experiments whose ``source`` is ``model`` (``rsna2024.classifiers.oof.blend_oof``:
 a split model predicts one condition group; rows no member predicts keep the training folds' prior);
 ``split+global`` is the mean of the two family predictions, the recipe's final blend. The prior row is
-:func:`rsna2024.data.prior.prior_oof` on the same studies.
+:func:`rsna2024.baselines.prior.prior_oof` on the same studies.
 """
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ def oof_table(data_dir: str | Path, runs_dir: str | Path, experiments: Sequence[
               folds: pd.DataFrame, fold_ids: Sequence[int]) -> pd.DataFrame:
     """The table (:data:`TABLE_COLUMNS`) for ``experiments`` (``(name, family)`` pairs, run folders in
     ``runs_dir``) over the studies of ``fold_ids``; an experiment lacking a fold file gets a note and no score."""
+    from rsna2024.baselines.prior import prior_oof
     from rsna2024.classifiers.oof import blend_oof, score_oof
     from rsna2024.data.contract import load_labels_wide
-    from rsna2024.data.prior import prior_oof
 
     wide = load_labels_wide(data_dir)
     studies = set(folds.loc[folds["fold"].isin(list(fold_ids)), "study_id"].astype(int))

@@ -41,7 +41,8 @@ COORDS_STEP = "coordinates"
 COORDS_SPEC = "{runs}/" + COORDS_FILES["train"]
 CLASSIFIER_FAMILIES = {"split_spinal": "split", "split_foraminal": "split", "split_subarticular": "split",
                        "global": "global"}
-KIND_ORDER = {"keypoint": 0, "other": 1, "classifier": 2}
+KIND_ORDER = {"keypoint": 0, "other": 1, "classifier": 2, "baseline": 2}
+BASELINE_PREFIXES = ("s0_", "s1_", "s2_", "s3_")  # seed baselines read stage-1 points like the classifiers
 
 
 class PlanError(ConfigError):
@@ -50,9 +51,12 @@ class PlanError(ConfigError):
 
 # --------------------------------------------------------------------------- experiments
 def task_kind(task: str) -> str:
-    """``keypoint`` (tasks ``keypoint_*``), ``classifier`` (``split_*``, ``global``) or ``other``."""
+    """``keypoint`` (tasks ``keypoint_*``), ``classifier`` (``split_*``, ``global``), ``baseline`` (``s0_`` ..
+    ``s3_``) or ``other``."""
     if task.startswith("keypoint_"):
         return "keypoint"
+    if task.startswith(BASELINE_PREFIXES):
+        return "baseline"
     return "classifier" if task in CLASSIFIER_FAMILIES else "other"
 
 
@@ -78,9 +82,9 @@ class Experiment:
 
     @property
     def needs_coords(self) -> bool:
-        """True for a classifier whose points (``data.oof_points``, default the runner's OOF coordinates, or
-        ``train_points``/``valid_points``) name ``{runs}/coords_oof.csv``."""
-        if self.kind != "classifier":
+        """True for a classifier or seed baseline whose points (``data.oof_points``, default the runner's OOF
+        coordinates, or ``train_points``/``valid_points``) name ``{runs}/coords_oof.csv``."""
+        if self.kind not in ("classifier", "baseline"):
             return False
         data = self.raw.get("data") or {}
         specs = [data.get("oof_points", COORDS_SPEC), data.get("train_points"), data.get("valid_points")]
