@@ -3,20 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_task import one_thread  # noqa: F401 - used by pytestmark
 
 from rsna2024.errors import ConfigError
 from rsna2024.models import create_model, list_models, model_params, register_model
 from rsna2024.models.pretrained import find_weights_file, load_weights, parse_pretrained
 
-TINY = [name for name in ["keypoint_tiny", "keypoint_tiny_deeplab"]]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
+TINY = ["keypoint_tiny", "keypoint_tiny_deeplab"]
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_registry_lists_the_keypoint_family_and_rejects_unknown_names():

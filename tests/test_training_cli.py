@@ -9,23 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from toy_task import write_toy_data
+from toy_task import one_thread, write_toy_data  # noqa: F401 - one_thread: pytestmark
 
 from rsna2024.cli import main
 from rsna2024.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 TOY = {"task": "toy_task:ToyPointTask", "epochs": 2, "batch_size": 2, "folds": 2, "workers": 0, "device": "cpu",
        "seed": 3, "model": {"name": "keypoint_tiny"}, "optim": {"lr": 3.0e-3}}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _config(tmp_path, **changes) -> Path:
@@ -84,3 +79,27 @@ def test_ddp_two_cpu_processes_see_different_samples_and_end_with_equal_weights(
     # validation gathered all 8 held-out studies once (ToyPointTask.validate asserts the order), one log line
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert proc.stdout.count("toy_exp fold 0 done") == 1
+
+
+def _bench_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_bench_gpu_smoke_run_on_cpu_and_no_cuda_message(tmp_path, capsys):
+    data = write_toy_data(tmp_path / "data", studies=8)
+    bench = _bench_main()
+    config = _config(tmp_path, batch_size=2)
+    out = tmp_path / "gpu.md"
+    assert bench([str(config), "--data", str(data), "--device", "cpu", "--limit-steps", "1", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "| toy_exp | keypoint_tiny | 2 | none | 2 |" in table and "1 optimizer steps per config" in table
+    assert not (tmp_path / "runs").exists()
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert bench([str(config), "--data", str(data)]) == 0
+        assert "no CUDA device" in capsys.readouterr().out

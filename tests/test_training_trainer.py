@@ -3,28 +3,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-from toy_task import toy_config, write_toy_data
+from toy_task import one_thread, toy_config, write_toy_data  # noqa: F401 - one_thread: pytestmark
 
 from rsna2024.errors import ConfigError
 from rsna2024.training.checkpoint import load_checkpoint, load_fold_model
 from rsna2024.training.config import ScheduleConfig, config_to_dict
 from rsna2024.training.optim import LRSchedule
-from rsna2024.training.trainer import resolve_amp, resolve_device, train_fold
+from rsna2024.training.trainer import TrainingError, resolve_amp, resolve_device, train_fold
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads oversubscribe and run far slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +56,7 @@ def test_fold_writes_the_run_folder_and_a_finished_fold_is_skipped(toy_data, tmp
     for r in records:
         assert {"fold", "epoch", "train_loss", "lr", "seconds", "valid_loss", "point_error"} <= r.keys()
         assert r["images"] == 8 and r["fold"] == 1
+    assert records[1]["train_loss"] < records[0]["train_loss"]  # the optimizer steps
     best = min(records, key=lambda r: r["point_error"])
     assert result.best_epoch == best["epoch"] and result.best_value == pytest.approx(best["point_error"])
     assert load_checkpoint(run / "fold1_best.pt")["epoch"] == best["epoch"]
@@ -115,6 +111,12 @@ def test_changed_config_in_the_same_run_folder_is_refused(toy_data, tmp_path):
         train_fold(toy_config(epochs=1, **{"optim.lr": 0.1}), toy_data, 1, out=tmp_path)
     # runtime keys (device, workers, wandb) may differ between folds
     train_fold(toy_config(epochs=1, workers=1), toy_data, 0, out=tmp_path)
+    # a config.yaml written before the kit grew a key (here: without schedule.patience) still matches
+    path = tmp_path / "toy/config.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["schedule"]["patience"], old["grad_accum"]
+    path.write_text(yaml.safe_dump(old))
+    assert train_fold(toy_config(epochs=1), toy_data, 0, out=tmp_path).skipped
 
 
 def test_gradient_accumulation_steps_the_schedule_per_optimizer_step(toy_data, tmp_path):
@@ -170,3 +172,38 @@ def test_step_and_plateau_schedules():
                   metrics=[1.0, 0.9, 0.95, 0.95, 0.95, 0.8])
     # no improvement in epochs 3 and 4 (more than patience 1) -> halved from epoch 5 on
     assert lr.tolist() == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+
+
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as when not installed
+    with pytest.raises(ConfigError, match=r"wandb.enabled is true but wandb is not installed: `pip install wandb`"):
+        train_fold(toy_config(**{"wandb.enabled": True}), toy_data, 0, out=tmp_path)
+    assert not (tmp_path / "toy/fold0_last.pt").exists()
+
+
+def test_wandb_offline_records_the_fold(toy_data, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train_fold(toy_config(epochs=1, **{"wandb.enabled": True}), toy_data, 0, out=tmp_path)
+    runs = list((tmp_path / "toy" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(toy_data, tmp_path):
+    with pytest.raises(TrainingError, match="fold 0 epoch 0: the loss became nan by batch 1 .*lower optim.lr"):
+        train_fold(toy_config(epochs=1, **{"data.noise": ".nan"}), toy_data, 0, out=tmp_path)
+    assert not (tmp_path / "toy/fold0_last.pt").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_path_runs_with_cpu_autocast(toy_data, tmp_path, monkeypatch, dtype):
+    """On CUDA, amp uses autocast plus (fp16) a GradScaler; CPU autocast runs the same code here."""
+    import rsna2024.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_amp", lambda spec, device: dtype)
+    result = train_fold(toy_config(epochs=1, grad_clip=1.0, grad_accum=2), toy_data, 0, out=tmp_path)
+    ckpt = load_checkpoint(tmp_path / "toy/fold0_last.pt")
+    assert math.isfinite(result.best_value)
+    assert bool(ckpt["scaler"]) == (dtype == torch.float16)  # the scaler's state is saved when it is used
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())

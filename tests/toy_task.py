@@ -13,11 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import torch.nn.functional as F
 
 from rsna2024.training.task import FoldContext, Task, register_task
 from rsna2024.utils.io import atomic_to_csv
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread while a test trains: on a busy 2-core machine two threads oversubscribe the cores
+    and a tiny model trains ten times slower; it also keeps the bitwise comparisons independent of the core count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @dataclass(kw_only=True)

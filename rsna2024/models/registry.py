@@ -17,12 +17,9 @@ from collections.abc import Callable
 
 from rsna2024.errors import ConfigError
 
-#: Modules that register models, imported lazily on the first lookup. Stages add theirs here.
-MODEL_MODULES: list[str] = [
-    "rsna2024.models.keypoint",
-    "rsna2024.classifiers.models",
-    "rsna2024.baselines.models",
-]
+#: Modules (or packages whose ``__init__`` imports their model modules) that register models, imported lazily
+#: on the first lookup; one that does not exist (yet) is skipped. Stages add theirs here.
+MODEL_MODULES: list[str] = ["rsna2024.models.keypoint", "rsna2024.classifiers", "rsna2024.baselines"]
 
 _MODELS: dict[str, Callable] = {}
 _imported = False

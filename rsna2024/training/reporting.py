@@ -1,7 +1,8 @@
 """What a fold reports: ``metrics.jsonl`` lines, the training-curve PNG, and wandb when the config asks.
 
-``metrics.jsonl`` holds one JSON object per epoch and fold: ``fold, epoch, train_loss, lr, seconds,
-images_per_s`` and every validation metric (``valid_loss`` and the task's).
+``metrics.jsonl`` holds one JSON object per epoch and fold: ``fold, epoch, train_loss, lr`` (of the epoch's
+last optimizer step), ``seconds, images, images_per_s``, every validation metric (``valid_loss`` and the
+task's) and ``best`` (whether this epoch became the best checkpoint).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def plot_curves(records: list[dict], path: Path, metric: str, title: str = "") -
     axes[1].plot(epochs, [r.get(metric, math.nan) for r in records], "o-", color="C2")
     axes[1].set_title(metric)
     axes[2].plot(epochs, [r["lr"] for r in records], "o-", color="C3")
-    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_title("learning rate (last step of epoch)")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

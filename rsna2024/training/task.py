@@ -72,7 +72,8 @@ from rsna2024.models.registry import create_model, import_optional
 if TYPE_CHECKING:  # pragma: no cover
     from rsna2024.training.config import ExperimentConfig
 
-#: Modules (or packages) that register tasks, imported on the first lookup; a missing one is skipped.
+#: Modules (or packages whose ``__init__`` imports their task module) that register tasks, imported on the
+#: first lookup; one that does not exist (yet) is skipped. Stages add theirs here.
 TASK_MODULES: list[str] = ["rsna2024.keypoints", "rsna2024.classifiers", "rsna2024.baselines"]
 
 
@@ -132,7 +133,8 @@ class Task:
             naming the valid ones), or None to keep it a plain dict.
         metric: key of the validation metrics that picks the best checkpoint (``valid_loss`` is always there).
         mode: ``"min"`` if lower is better, ``"max"`` otherwise.
-        collate_fn: the DataLoader's collate function (None: torch's default, which stacks dicts of tensors).
+        collate_fn: the DataLoader's collate function (None: torch's default, which stacks dicts of tensors);
+            assign it as ``collate_fn = staticmethod(my_collate)`` so it is not bound to the task.
     """
 
     name: ClassVar[str] = ""
@@ -189,9 +191,10 @@ class Task:
         return {}
 
     def validate(self, preds: dict[str, np.ndarray], dataset, ctx: FoldContext) -> dict[str, float]:
-        """Metrics of one validation pass. ``preds``: :meth:`predict`'s outputs concatenated over the whole
-        valid set (every sample once, in dataset order, across all DDP ranks) plus ``index``. Must contain
-        :attr:`metric` unless that is ``valid_loss``, which the trainer adds."""
+        """Metrics of one validation pass (called on every DDP rank with the same inputs). ``preds``:
+        :meth:`predict`'s outputs concatenated over the whole valid set (every sample once, in dataset order,
+        gathered from all ranks) plus ``index``. Must contain :attr:`metric` unless that is ``valid_loss``,
+        which the trainer adds."""
         return {}
 
     # ----------------------------------------------------------------- hooks

@@ -46,7 +46,13 @@ from rsna2024.training.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from rsna2024.training.config import ExperimentConfig, config_differences, config_to_dict, save_config
+from rsna2024.training.config import (
+    ExperimentConfig,
+    config_differences,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from rsna2024.training.optim import LRSchedule, build_optimizer
 from rsna2024.training.reporting import WandbRun, append_metrics, plot_curves, read_metrics, truncate_metrics
 from rsna2024.training.task import FoldContext, Task, create_task
@@ -56,6 +62,7 @@ from rsna2024.utils.logging import ensure_logging, get_logger
 log = get_logger(__name__)
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
+SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the GPU)
 PLOT_EVERY_S = 60.0  # the curves PNG is redrawn at most this often during a fold, and at its end
 
 
@@ -333,7 +340,8 @@ class FoldTrainer:
 
     # ----------------------------------------------------------------- one epoch
     def train_epoch(self, epoch: int, limit_steps: int | None = None) -> dict:
-        """Train one epoch; returns ``train_loss``, ``lr``, ``seconds``, ``images`` and ``images_per_s``."""
+        """Train one epoch; returns ``train_loss``, ``lr`` (of its last optimizer step), ``seconds``, ``images`` and
+        ``images_per_s``."""
         cfg, task, model = self.cfg, self.task, self.model
         self.generator.manual_seed(_derived_seed(cfg.seed, self.fold, epoch, self.dist.rank))
         if isinstance(self.train_sampler, torch.utils.data.DistributedSampler):
@@ -343,7 +351,8 @@ class FoldTrainer:
         n_batches = len(self.train_loader) if limit_steps is None else min(len(self.train_loader),
                                                                               limit_steps * cfg.grad_accum)
         full_groups_end = (n_batches // cfg.grad_accum) * cfg.grad_accum
-        loss_sum, count = 0.0, 0
+        count, lr = 0, self.schedule.current_lr()
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)  # read every SYNC_EVERY batches only
         self.optimizer.zero_grad(set_to_none=True)
         bar = tqdm(total=n_batches, desc=f"{cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not self.is_main, leave=False, dynamic_ncols=True,
@@ -360,11 +369,9 @@ class FoldTrainer:
                 with _autocast(self.device, self.amp_dtype):
                     outputs = task.forward(model, batch)
                     loss = task.loss(outputs, batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"fold {self.fold} epoch {epoch} batch {i}: loss is {float(loss)} "
-                                        f"(lr {self.schedule.current_lr():.3g}); lower optim.lr or set grad_clip")
                 self.scaler.scale(loss / group).backward()
             if step_now:
+                lr = self.schedule.current_lr()
                 if cfg.grad_clip:
                     self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -373,16 +380,21 @@ class FoldTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.schedule.step()
             n = batch_len(batch)
-            loss_sum += float(loss.detach()) * n
+            loss_acc += loss.detach().double() * n
             count += n
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4g}", refresh=False)
+            if (i + 1) % SYNC_EVERY == 0 or i + 1 == n_batches:
+                loss_sum = float(loss_acc)
+                if not math.isfinite(loss_sum):
+                    raise TrainingError(f"fold {self.fold} epoch {epoch}: the loss became {loss_sum} by batch {i} "
+                                        f"(lr {lr:.3g}); lower optim.lr, set grad_clip or check the targets")
+                bar.set_postfix(loss=f"{loss_sum / max(count, 1):.4g}", refresh=False)
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        loss_sum, count = ddp.sum_numbers(loss_sum, count)
-        return {"train_loss": loss_sum / max(count, 1), "lr": self.schedule.current_lr(), "seconds": seconds,
+        loss_sum, count = ddp.sum_numbers(float(loss_acc), count)
+        return {"train_loss": loss_sum / max(count, 1), "lr": lr, "seconds": seconds,
                 "images": int(count), "images_per_s": count / seconds if seconds > 0 else math.nan}
 
     def validate(self) -> dict:
@@ -435,6 +447,10 @@ def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
         import yaml
 
         old = yaml.safe_load(path.read_text()) or {}
+        try:  # through today's schema, so keys added to the kit since (with their defaults) do not count
+            old = config_to_dict(config_from_dict(old, where=str(path)))
+        except ConfigError:
+            pass
         diffs = config_differences(old, config_to_dict(cfg))
         if diffs:
             raise ConfigError(f"{path} was written by a different config ({'; '.join(diffs[:5])}); "
@@ -479,13 +495,15 @@ def train_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: str 
         known = {f for f in FoldResult.__dataclass_fields__ if f not in ("run_dir", "skipped")}
         return FoldResult(**{key: v for key, v in info.items() if key in known}, run_dir=run_dir, skipped=True)
     with _log_to(run_dir / LOG_FILE if trainer.is_main else None):
+        wandb = WandbRun(cfg, k, run_dir, enabled=trainer.is_main)
         try:
-            return _train(trainer, callbacks)
+            return _train(trainer, callbacks, wandb)
         finally:
+            wandb.finish()
             ddp.cleanup(getattr(trainer, "created_group", False))
 
 
-def _train(trainer: FoldTrainer, callbacks) -> FoldResult:
+def _train(trainer: FoldTrainer, callbacks, wandb: WandbRun) -> FoldResult:
     cfg, k, run_dir, task = trainer.cfg, trainer.fold, trainer.run_dir, trainer.task
     started = time.perf_counter()
     trainer.setup()
@@ -495,7 +513,6 @@ def _train(trainer: FoldTrainer, callbacks) -> FoldResult:
     trainer.resume()
     if trainer.is_main:
         truncate_metrics(run_dir, k, trainer.start_epoch)
-    wandb = WandbRun(cfg, k, run_dir, enabled=trainer.is_main)
     last_plot = time.perf_counter()
     for epoch in range(trainer.start_epoch, cfg.epochs):
         record = {"fold": k, "epoch": epoch, **trainer.train_epoch(epoch)}
