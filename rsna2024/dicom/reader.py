@@ -140,7 +140,7 @@ def _resample_slice(s: _Slice, shape: tuple[int, int], series_name: str) -> tupl
 
 def _drop_misoriented(slices: list[_Slice], series_name: str) -> list[_Slice]:
     """``slices`` without those oriented far from the rest of the series (a warning names each file)."""
-    if len(slices) < 3:
+    if len(slices) < 2:
         return slices
     bad = dict(misoriented_slices(np.stack([s.row_dir for s in slices]), np.stack([s.col_dir for s in slices])))
     if len(bad) == len(slices):
