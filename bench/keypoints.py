@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from rsna2024.constants import SERIES_TYPES
 from rsna2024.data.contract import load_coordinates, load_series_descriptions
@@ -60,7 +61,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--configs", type=Path, default=HERE / "configs", help="folder of the bench keypoint configs")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override for every config")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1: on a shared 2-core machine two threads oversubscribe)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     setup_logging("WARNING")
     start = time.perf_counter()
     data, cache = prepare_data(args.work, args.studies, args.seed, args.workers)

@@ -263,6 +263,9 @@ def _add_coords(sub):
                    help="train split: folds.csv (default: <data>/folds.csv)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--slice-search-mm", type=float, default=None,
+                   help="try every slice within this distance of each point's usual slice and keep the surest "
+                        "(default: each run's data.slice_search_mm; 0: off)")
     p.add_argument("--overwrite", action="store_true")
     return p
 
@@ -273,7 +276,7 @@ def _run_coords(args):
 
     path = write_coordinates(args.data, args.runs, args.split, args.out, resolve_cache(args.data, args.cache),
                              overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
-                             folds_path=args.folds)
+                             folds_path=args.folds, slice_search_mm=args.slice_search_mm)
     print(f"coordinates written to {path}")
 
 

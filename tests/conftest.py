@@ -33,3 +33,14 @@ def phantom_cache(phantom_dir, tmp_path_factory) -> Path:
     from rsna2024.dicom.cache import preprocess
 
     return preprocess(phantom_dir, cache_root=tmp_path_factory.mktemp("phantom_cache"), split="all").parent
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread: on a busy 2-core machine two threads oversubscribe and run far slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

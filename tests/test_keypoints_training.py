@@ -23,15 +23,7 @@ from rsna2024.training.config import config_from_dict
 from rsna2024.training.trainer import train_fold
 
 TASKS = ("keypoint_sagt2", "keypoint_sagt1", "keypoint_axial")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads oversubscribe and run far slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(task: str, epochs: int = 1, **data):
@@ -56,10 +48,14 @@ def folds_file(phantom_dir, tmp_path_factory):
 def runs(phantom_dir, phantom_cache, folds_file, tmp_path_factory):
     """The three tiny keypoint runs, both folds trained."""
     out = tmp_path_factory.mktemp("kp_runs")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    for task in TASKS:
-        for fold in (0, 1):
-            train_fold(tiny_config(task), phantom_dir, fold, out=out, cache=phantom_cache, folds_file=folds_file)
+    try:
+        for task in TASKS:
+            for fold in (0, 1):
+                train_fold(tiny_config(task), phantom_dir, fold, out=out, cache=phantom_cache, folds_file=folds_file)
+    finally:
+        torch.set_num_threads(threads)
     return {task: out / task for task in TASKS}
 
 
@@ -153,6 +149,24 @@ def test_coords_test_split_averages_the_folds(runs, phantom_dir, phantom_cache):
     test_ids = pd.read_csv(phantom_dir / "test_series_descriptions.csv")["study_id"].unique()
     assert sorted(table["study_id"].unique()) == sorted(test_ids) and len(table) == 25 * len(test_ids)
     assert (table["fold"] == -1).all() and table["x"].notna().mean() > 0.8
+
+
+def test_slice_search_keeps_the_surest_nearby_slice(runs, phantom_dir, phantom_cache, folds_file):
+    plain = predict_coordinates(phantom_dir, [runs["keypoint_sagt1"]], "train", phantom_cache, device="cpu",
+                                folds_path=folds_file).dropna(subset=["x"])
+    searched = predict_coordinates(phantom_dir, [runs["keypoint_sagt1"]], "train", phantom_cache, device="cpu",
+                                   folds_path=folds_file, slice_search_mm=8.0).dropna(subset=["x"])
+    both = plain.merge(searched, on=["study_id", "condition", "level"], suffixes=("", "_s"))
+    assert len(both) == len(plain) > 0
+    # the usual centre slice is one of the candidates, so the kept one is at least as sure
+    assert (both["confidence_s"] >= both["confidence"] - 1e-6).all()
+    studies = StudySeries(phantom_cache, pd.read_csv(phantom_dir / "train_series_descriptions.csv"), "train")
+    for r in both.itertuples():
+        s = studies.load(r.study_id, r.series_id)
+        offsets = s.slice_offsets
+        moved = abs(offsets[s.index_of(int(r.instance_number_s))] - offsets[s.index_of(int(r.instance_number))])
+        assert moved <= 8.0 + 1e-6
+    assert (both["instance_number_s"] != both["instance_number"]).any()  # the search does pick other slices
 
 
 def test_coords_warns_for_an_unreadable_series(runs, phantom_dir, phantom_cache, folds_file, tmp_path, caplog):

@@ -9,6 +9,9 @@ its cause is logged as a warning naming the study.
 - ``test``: every fold model predicts; the points are averaged in patient mm, then projected back onto the
   series' nearest slice (its InstanceNumber and stored x, y); ``fold`` is -1 and ``confidence`` the mean.
 
+A run whose ``data.slice_search_mm`` is above 0 predicts each point on every slice within that distance of its
+usual centre slice (sagittal: along the normal; axial: of the level point) and keeps the surest.
+
 Sagittal T2 runs first: its predicted spinal points choose the axial slice of each level for the axial model.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from rsna2024.data.folds import load_folds
 from rsna2024.errors import ConfigError, RsnaError
 from rsna2024.keypoints.datasets import KeypointDataset
 from rsna2024.keypoints.predict import POINT_COLUMNS, decode_to_canonical, predict_heatmaps, sample_rows
-from rsna2024.keypoints.samples import Sample, axial_samples, study_samples
+from rsna2024.keypoints.samples import Sample, axial_samples, neighbour_samples, study_samples
 from rsna2024.keypoints.studies import StudySeries, require_split_cache
 from rsna2024.keypoints.tasks import TASKS, KeypointTask
 from rsna2024.utils.io import atomic_to_csv, check_overwrite
@@ -128,19 +131,24 @@ class CoordinatePredictor:
             return pd.DataFrame(columns=POINT_COLUMNS + ["fold"])
         return pd.concat(tables, ignore_index=True)
 
-    def _average(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Test split: fold predictions averaged in mm, projected onto the series' nearest slice."""
+    def _combine(self, table: pd.DataFrame) -> pd.DataFrame:
+        """One row per (study, condition, level): on the test split the fold models' points averaged in mm per
+        candidate slice and projected onto the series' nearest slice; then, where a slice search gave several
+        candidates, the surest one (highest confidence)."""
         if table.empty:
             return table
-        out = []
-        for (sid, series_id, cond, level), g in table.groupby(["study_id", "series_id", "condition", "level"]):
-            mm = g[["x_mm", "y_mm", "z_mm"]].to_numpy().mean(axis=0)
-            proj = self.studies.load(int(sid), int(series_id)).from_patient(mm)
-            out.append({"study_id": sid, "series_id": series_id, "instance_number": proj.instance_number,
-                        "condition": cond, "level": level, "x": proj.x, "y": proj.y,
-                        "confidence": g["confidence"].mean(), "fold": -1, "x_mm": mm[0], "y_mm": mm[1],
-                        "z_mm": mm[2]})
-        return pd.DataFrame(out)
+        if self.study_folds is None:
+            keys = ["study_id", "series_id", "slice_index", "condition", "level"]
+            table = table.groupby(keys, as_index=False).agg(
+                x_mm=("x_mm", "mean"), y_mm=("y_mm", "mean"), z_mm=("z_mm", "mean"),
+                confidence=("confidence", "mean")).assign(fold=-1)
+            projected = [self.studies.load(int(r.study_id), int(r.series_id)).from_patient(
+                np.array([r.x_mm, r.y_mm, r.z_mm])) for r in table.itertuples(index=False)]
+            table["instance_number"] = [p.instance_number for p in projected]
+            table["x"] = [p.x for p in projected]
+            table["y"] = [p.y for p in projected]
+        best = table.groupby(["study_id", "condition", "level"])["confidence"].idxmax()
+        return table.loc[best].reset_index(drop=True)
 
     def _study_samples(self, kind: str, study_id: int) -> list[Sample]:
         """The inference samples of one study (warning, and none, when its series is missing or unreadable)."""
@@ -152,13 +160,17 @@ class CoordinatePredictor:
                                            offset_mm=data.offset_mm)
                 if why is not None:
                     self._warn(study_id, what, why)
+                if data.slice_search_mm > 0:
+                    found = [c for s in found for c in neighbour_samples(
+                        self.studies.load(s.study_id, s.series_id), s, data.slice_search_mm)]
                 return found
             why = self.studies.problem(study_id, AXIAL_T2)
             if why is not None:
                 self._warn(study_id, what, why)
                 return []
             found, missing = axial_samples(self.studies.series(study_id, AXIAL_T2),
-                                           self.level_points.get(study_id, {}), data.slices, data.max_distance_mm)
+                                           self.level_points.get(study_id, {}), data.slices, data.max_distance_mm,
+                                           search_mm=data.slice_search_mm)
             for level, why in missing.items():
                 self._warn(study_id, f"{what} {LEVEL_NAMES[level]}", why)
             return found
@@ -169,9 +181,7 @@ class CoordinatePredictor:
     def run_task(self, kind: str, study_ids: Sequence[int]) -> None:
         """Predict ``kind``'s points of every study and keep the rows (Sag T2 also keeps the level points)."""
         samples = [s for sid in study_ids for s in self._study_samples(kind, sid)]
-        table = self._predict(self.runs[kind], samples)
-        if self.study_folds is None:
-            table = self._average(table)
+        table = self._combine(self._predict(self.runs[kind], samples))
         if kind == "sagt2":
             for r in table.itertuples(index=False):
                 self.level_points.setdefault(int(r.study_id), {})[LEVEL_FROM_NAME[r.level]] = \
@@ -189,8 +199,10 @@ class CoordinatePredictor:
 
 def predict_coordinates(data: str | Path, runs: Sequence[str | Path], split: str, cache: str | Path,
                         device: str = "auto", batch_size: int = 8, folds_path: str | Path | None = None,
-                        ) -> pd.DataFrame:
-    """The coordinates table of every study of ``split`` (``train``: out of fold; ``test``: fold mean)."""
+                        slice_search_mm: float | None = None) -> pd.DataFrame:
+    """The coordinates table of every study of ``split`` (``train``: out of fold; ``test``: fold mean).
+
+    ``slice_search_mm`` overrides every run's ``data.slice_search_mm`` (None: keep each run's)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
     dev = resolve_device(device)
@@ -207,6 +219,9 @@ def predict_coordinates(data: str | Path, runs: Sequence[str | Path], split: str
             raise RsnaError(f"{len(absent)} training studies are not in folds.csv (e.g. {absent[:3]}); "
                             f"rerun `rsna2024 folds --overwrite`")
     loaded = [load_run(r, dev) for r in runs]
+    if slice_search_mm is not None:
+        for run in loaded:
+            run.task.data.slice_search_mm = float(slice_search_mm)
     if split == "train":
         for run in loaded:
             lacking = sorted(set(study_folds.values()) - set(run.models))

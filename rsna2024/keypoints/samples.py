@@ -103,24 +103,57 @@ def sagt1_samples(series: Series, n_slices: int = 3, offset_mm: float = 16.8,
 
 
 def axial_samples(axials: Sequence[Series], level_points: Mapping[str, np.ndarray], n_slices: int = 3,
-                  max_distance_mm: float = 5.0, points_mm: Mapping | None = None,
+                  max_distance_mm: float = 5.0, points_mm: Mapping | None = None, search_mm: float = 0.0,
                   ) -> tuple[list[Sample], dict[str, str]]:
     """Per level of ``level_points`` (level -> LPS point, e.g. the Sag T2 spinal point) the axial sample
-    around the slice nearest that point over all ``axials``; and level -> reason for each level without one."""
+    around the slice nearest that point over all ``axials``; and level -> reason for each level without one.
+
+    ``search_mm`` > 0 (inference): instead, one candidate sample per axial slice whose plane lies within that
+    distance of the point (and whose image contains it); the caller keeps the one the model is surest of.
+    """
     samples, missing = [], {}
     for level in LEVELS:
         point = level_points.get(level)
         if point is None or not np.isfinite(point).all():
             missing[level] = "no Sagittal T2 level point"
             continue
+        targets = [(c, level) for c in SUBARTICULAR]
+        if search_mm > 0:
+            found = [_sample(s, f"axial:{level}", i, n_slices, targets, points_mm or {}, d)
+                     for s in axials for i, d in _slices_near(s, point, search_mm)]
+            if found:
+                samples.extend(found)
+            else:
+                missing[level] = f"no axial slice within {search_mm:g} mm of the level point"
+            continue
         hit = nearest_axial_slice(axials, point, max_distance_mm=max_distance_mm)
         if hit is None:
             missing[level] = f"no axial slice within {max_distance_mm:g} mm of the level point"
             continue
         s_idx, centre, dist = hit
-        samples.append(_sample(axials[s_idx], f"axial:{level}", centre, n_slices,
-                               [(c, level) for c in SUBARTICULAR], points_mm or {}, dist))
+        samples.append(_sample(axials[s_idx], f"axial:{level}", centre, n_slices, targets, points_mm or {}, dist))
     return samples, missing
+
+
+def _slices_near(series: Series, point, distance_mm: float) -> list[tuple[int, float]]:
+    """(canonical slice index, distance mm) of the slices whose plane lies within ``distance_mm`` of ``point``
+    and whose image contains its projection."""
+    x, y, z = series.plane_coordinates(point)
+    ok = (np.abs(z) <= distance_mm) & series.contains(x, y)
+    return [(int(i), float(abs(z[i]))) for i in np.flatnonzero(ok)]
+
+
+def neighbour_samples(series: Series, sample: Sample, search_mm: float) -> list[Sample]:
+    """``sample`` moved to every slice of ``series`` whose centre lies within ``search_mm`` of the sample's centre
+    slice along the slice normal (itself included): candidates of an inference-time slice search."""
+    offsets = series.slice_offsets
+    near = np.flatnonzero(np.abs(offsets - offsets[sample.centre]) <= search_mm)
+    n = len(sample.slices)
+    return [Sample(study_id=sample.study_id, series_id=sample.series_id, kind=sample.kind,
+                   slices=tuple(int(i) for i in slice_window(series, c, n)), centre=int(c), targets=sample.targets,
+                   points=np.full_like(sample.points, np.nan), truth_mm=sample.truth_mm,
+                   distance_mm=float(abs(offsets[c] - offsets[sample.centre])))
+            for c in near]
 
 
 def training_level_points(points_mm: Mapping[tuple[str, str], np.ndarray]) -> dict[str, np.ndarray]:

@@ -37,15 +37,19 @@ class KeypointData:
     image_size: int | list[int] = 512  # model input (rows, cols), or one int for a square
     slices: int = 5  # channels: slices around the centre slice
     sigma: float = 10.0  # Gaussian sigma of the targets, px on the input grid
+    peak_weight: float = 0.0  # loss weight 1 + peak_weight * target per pixel (0: plain MSE, as the recipe)
     offset_mm: float = 16.8  # Sagittal T1: centre slices this far left and right of the middle
     max_distance_mm: float = 5.0  # Axial: farthest level point from the chosen axial slice
+    slice_search_mm: float = 0.0  # inference (coords): try every slice within this distance, keep the surest
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         rows, cols = image_size(self.image_size)
-        if rows < 8 or cols < 8 or self.slices < 1 or self.sigma <= 0:
-            raise ConfigError(f"data: image_size {self.image_size}, slices {self.slices} and sigma {self.sigma} "
-                              f"must be at least 8 px, 1 slice and above 0")
+        if rows < 8 or cols < 8 or self.slices < 1 or self.sigma <= 0 or self.peak_weight < 0:
+            raise ConfigError(f"data: image_size {self.image_size}, slices {self.slices}, sigma {self.sigma} and "
+                              f"peak_weight {self.peak_weight} must be at least 8 px, 1 slice, above 0 and 0 or more")
+        if self.slice_search_mm < 0:
+            raise ConfigError(f"data.slice_search_mm must be 0 (off) or more, got {self.slice_search_mm}")
 
 
 class KeypointTask(Task):
@@ -110,7 +114,7 @@ class KeypointTask(Task):
         return {**self.cfg.model.params, "in_channels": self.data.slices, "classes": self.n_maps}
 
     def loss(self, outputs, batch) -> torch.Tensor:
-        return masked_mse(outputs, batch["target"], batch["mask"])
+        return masked_mse(outputs, batch["target"], batch["mask"], self.data.peak_weight)
 
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
         points, confidence = decode_heatmaps(outputs)
