@@ -109,10 +109,16 @@ def test_global_model_covers_every_condition(phantom_dir, phantom_cache, stage2)
     assert not (run / "oof.csv").exists()  # fold 0 is not trained: nothing to merge yet
 
 
-def test_missing_predicted_points_file_says_what_to_run(phantom_dir, phantom_cache, stage2):
+def test_missing_predicted_points_file_says_what_to_run(phantom_dir, phantom_cache, stage2, caplog):
     cfg = _config("split_spinal", "split_spinal_nofile", oof_points="{runs}/nowhere.csv")
     with pytest.raises(ConfigError, match="nowhere.csv.*rsna2024 coords"):
         _train(cfg, phantom_dir, phantom_cache, stage2, 0)
+    assert "nowhere.csv does not exist yet" in caplog.text  # said before training too
+    run = stage2["runs"] / cfg.name
+    assert (run / "fold0_best.pt").is_file() and not (run / "fold0_done.json").exists()
+    (stage2["runs"] / "nowhere.csv").write_bytes((stage2["runs"] / "coords_oof.csv").read_bytes())
+    result = _train(cfg, phantom_dir, phantom_cache, stage2, 0)  # resumes after the last epoch: OOF files only
+    assert not result.skipped and (run / "oof_fold0.csv").is_file()
 
 
 def test_every_classifier_config_loads_with_the_recipe_figures():
