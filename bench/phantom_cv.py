@@ -61,9 +61,13 @@ def stage1(args, data: Path, cache: Path) -> tuple[Path, dict[str, float]]:
     seconds: dict[str, float] = {}
     if args.coords is not None:
         return args.coords, seconds
+    folder = args.stage1
+    if not (folder / f"{KEYPOINT_CONFIGS[0]}.yaml").is_file():
+        folder = HERE.parent / "experiments" / "demo"
+        print(f"no keypoint configs in {args.stage1}: stage 1 uses {folder} (learns little: expect a weak stage 1)")
     runs = []
     for name in KEYPOINT_CONFIGS:
-        cfg = load_config(args.stage1 / f"{name}.yaml", args.set_stage1)
+        cfg = load_config(folder / f"{name}.yaml", args.set_stage1)
         seconds[f"train {name}"] = train_all(cfg, data, args.work)
         runs.append(args.work / "runs" / cfg.name)
     if not out.is_file():
@@ -71,6 +75,21 @@ def stage1(args, data: Path, cache: Path) -> tuple[Path, dict[str, float]]:
         write_coordinates(data, runs, "train", out, cache)
         seconds["coords (OOF)"] = time.perf_counter() - t0
     return out, seconds
+
+
+def stage1_errors(data: Path, cache: Path, coords: Path) -> pd.Series:
+    """Median 3-D distance (mm) of the predicted points from the true ones, per series type of the condition."""
+    from rsna2024.classifiers.dataset import SeriesStore
+    from rsna2024.classifiers.samples import MM_COLUMNS, load_points, points_in_mm
+    from rsna2024.constants import CONDITION_SERIES
+
+    store = SeriesStore(cache)
+    keys = ["study_id", "condition", "level"]
+    true = points_in_mm(load_points(data / "train_label_coordinates.csv"), store.load)
+    pred = points_in_mm(load_points(coords), store.load)
+    both = true.merge(pred, on=keys, suffixes=("_true", "_pred"))
+    dist = sum((both[f"{c}_true"] - both[f"{c}_pred"]) ** 2 for c in MM_COLUMNS) ** 0.5
+    return dist.groupby(both["condition"].map(CONDITION_SERIES)).median().rename("median error mm")
 
 
 def read_oof(run: Path, folds: int, points: str) -> pd.DataFrame:
@@ -120,7 +139,12 @@ def main(argv=None) -> int:
     p.add_argument("--set-stage1", action="append", default=[], help="override for every keypoint config")
     p.add_argument("--set", dest="set_stage2", action="append", default=[],
                    help="override for every classifier config (e.g. epochs=2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on a shared machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     setup_logging("WARNING")
     start = time.perf_counter()
     data, cache = prepare_data(args.work, args.studies, args.seed, args.workers)
@@ -135,6 +159,7 @@ def main(argv=None) -> int:
     table = score_table(args.work, data, experiments)
 
     print(f"\nphantom CV: {args.studies} phantom studies (seed {args.seed}), 5 folds, OOF; stage-1 points: {coords}")
+    print(stage1_errors(data, cache, coords).round(2).to_string())
     print(table.rename(columns={"any_severe_spinal": "any_severe", "true_points_total": "true_pts"})
           .to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     two = table.set_index("experiment")

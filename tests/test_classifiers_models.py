@@ -3,20 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_task import one_thread  # noqa: F401 - used by pytestmark
 
 from rsna2024.classifiers.models import class_probabilities, slice_windows
 from rsna2024.errors import ConfigError
 from rsna2024.models import create_model, list_models
 
 TINY = ["roi25d_tiny", "roi25d_tiny_mobilenet"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_slice_windows_are_centred_and_repeat_the_end_slices():

@@ -151,10 +151,14 @@ class RoiTask(Task):
 
     def build_datasets(self, ctx: FoldContext):
         self._setup(ctx)
-        self.require_points(self.data.oof_points, ctx)  # before training, not after it
+        oof_points = self.points_file(self.data.oof_points, ctx)
+        if not oof_points.is_file():  # needed by write_oof only: a resumed fold goes straight there once it exists
+            log.warning("%s: the OOF points file %s does not exist yet; the fold trains, but writing its OOF files "
+                        "will fail until `rsna2024 coords` writes it", self.cfg.name, oof_points)
         memo = self.data.keep_regions
         train = self.dataset(ctx.train_studies(), self.data.train_points, train=True, memo=memo)
         valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=memo)
+        self._valid = (self.points_file(self.data.valid_points, ctx), valid)  # write_oof reuses it (and its regions)
         return train, valid
 
     # ----------------------------------------------------------------- model and steps
@@ -211,7 +215,8 @@ class RoiTask(Task):
         studies = ctx.valid_studies()
         written = []
         for points, spec in (("predicted", self.data.oof_points), ("true", TRUE_POINTS)):
-            ds = self.dataset(studies, spec)
+            same = getattr(self, "_valid", (None, None))
+            ds = same[1] if same[0] == self.points_file(spec, ctx) else self.dataset(studies, spec)
             oof = self.oof_table(ds, ctx.predict(model, ds)["probs"], studies)
             scores = score_oof(oof, self.wide)
             log.info("%s fold %d OOF on %s points (%s): total %.4f", self.cfg.name, ctx.fold, points,
