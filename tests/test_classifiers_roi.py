@@ -144,3 +144,25 @@ def test_right_subarticular_sample_takes_the_right_label(tmp_path):
     no_point = ds[by[("left_subarticular_stenosis", "l1_l2")]]
     assert no_point["target"].tolist() == [IGNORE_INDEX] and no_point["image"].max() == 0
     assert ds.usable().sum() == 3  # rows with a label and a region: right l4_l5, left l4_l5, right l5_s1
+
+
+def test_spinal_sample_with_the_levels_axial_slices():
+    sag = _sagittal([(3, 200, 100, 1.0)])  # spinal point: slice 3 (instance 4), pixel (200, 100) = (0, 0, -10) mm
+    axial = _axial([(0.0, 5.0)], z0=-10.0)  # a marker on the canal's axis, slices at z = -12 .. -8
+    far = _axial([(0.0, 7.0)], z0=40.0)  # another axial series, 50 mm away
+    far.series_id = 31
+    store = SeriesStore.from_series([sag, axial, far])
+    wide = pd.DataFrame({"study_id": [1], **{t: ["Moderate"] for t in TARGET_COLUMNS}})
+    coords = pd.DataFrame({"study_id": [1], "series_id": [10], "instance_number": [4], "x": [200.0], "y": [100.0],
+                           "condition": ["Spinal Canal Stenosis"], "level": ["L3/L4"]})
+    samples = split_samples(label_table(wide, [1]), points_in_mm(load_points(coords), store.load),
+                            ["spinal_canal_stenosis"])
+    cfg = RoiConfig(size_mm=50.0, out_size=25, slices=3, spinal_axial=True)
+    ds = RoiDataset(samples, store, cfg, ["spinal_canal_stenosis"])
+    item = ds[[r["level"] for r in ds.rows].index("l3_l4")]
+    assert item["image"].shape == (2, 3, 25, 25) and item["target"].tolist() == [1]
+    assert item["image"][0, 1, 12, 12] == pytest.approx(1.0)  # Sagittal T2 region centred on the point
+    assert item["image"][1, 1, 12, 12] == pytest.approx(5.0)  # the axial region too, from the near series
+    alone = RoiDataset(samples, SeriesStore.from_series([sag, far]), cfg, ["spinal_canal_stenosis"])
+    item = alone[[r["level"] for r in alone.rows].index("l3_l4")]
+    assert item["image"][0, 1, 12, 12] == pytest.approx(1.0) and item["image"][1].max() == 0  # no axial slice near

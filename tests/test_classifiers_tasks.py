@@ -43,8 +43,8 @@ def stage2(phantom_dir, tmp_path_factory):
     return {"root": root, "runs": root / "runs", "folds": folds, "wide": wide, "blank_row": blank_row}
 
 
-def _config(task: str, name: str, **data):
-    raw = {"name": name, "task": task, "epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "folds": 2,
+def _config(task: str, name: str, epochs: int = 1, **data):
+    raw = {"name": name, "task": task, "epochs": epochs, "batch_size": 8, "workers": 0, "device": "cpu", "folds": 2,
            "seed": 3, "model": {"name": "roi25d_tiny_mobilenet", "params": {"hidden": 8}},
            "data": {"roi": {"out_size": 32, "slices": 3, "jitter": {"mm": 2.0, "slices": 1}}, **data}}
     return config_from_dict(raw)
@@ -110,10 +110,16 @@ def test_global_model_covers_every_condition(phantom_dir, phantom_cache, stage2)
     assert not (run / "oof.csv").exists()  # fold 0 is not trained: nothing to merge yet
 
 
-def test_missing_predicted_points_file_says_what_to_run(phantom_dir, phantom_cache, stage2):
+def test_missing_predicted_points_file_says_what_to_run(phantom_dir, phantom_cache, stage2, caplog):
     cfg = _config("split_spinal", "split_spinal_nofile", oof_points="{runs}/nowhere.csv")
     with pytest.raises(ConfigError, match="nowhere.csv.*rsna2024 coords"):
         _train(cfg, phantom_dir, phantom_cache, stage2, 0)
+    assert "nowhere.csv does not exist yet" in caplog.text  # said before training too
+    run = stage2["runs"] / cfg.name
+    assert (run / "fold0_best.pt").is_file() and not (run / "fold0_done.json").exists()
+    (stage2["runs"] / "nowhere.csv").write_bytes((stage2["runs"] / "coords_oof.csv").read_bytes())
+    result = _train(cfg, phantom_dir, phantom_cache, stage2, 0)  # resumes after the last epoch: OOF files only
+    assert not result.skipped and (run / "oof_fold0.csv").is_file()
 
 
 def test_every_classifier_config_loads_with_the_recipe_figures():
@@ -158,3 +164,30 @@ def test_an_untrained_model_predicts_the_training_folds_prior(phantom_dir, phant
         level = valid.rows[i]["level"]
         expected = np.stack([prior.loc[(c, level), list(PRED_COLUMNS)].to_numpy(dtype=float) for c in CONDITIONS])
         np.testing.assert_allclose(probs[i], expected, rtol=1e-5)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_first_epoch(epoch, record):
+    raise _Interrupt
+
+
+def test_interrupted_fold_resumes_to_the_same_oof(phantom_dir, phantom_cache, stage2, tmp_path):
+    """Jittered training regions and dropout draw from the generators the trainer saves, so a fold killed after
+    an epoch and resumed writes the same OOF file as an uninterrupted one."""
+    cfg = _config("split_subarticular", "split_subarticular_resume", epochs=2)
+    runs = {}
+    for name in ("straight", "resumed"):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "coords_oof.csv").write_bytes((stage2["runs"] / "coords_oof.csv").read_bytes())
+        runs[name] = out
+    kwargs = dict(cache=phantom_cache.parent, folds_file=stage2["root"] / "folds.csv")
+    train_fold(cfg, phantom_dir, 0, out=runs["straight"], **kwargs)
+    with pytest.raises(_Interrupt):
+        train_fold(cfg, phantom_dir, 0, out=runs["resumed"], callbacks=[_stop_after_first_epoch], **kwargs)
+    train_fold(cfg, phantom_dir, 0, out=runs["resumed"], **kwargs)
+    a, b = (pd.read_csv(runs[n] / cfg.name / "oof_fold0.csv") for n in ("straight", "resumed"))
+    pd.testing.assert_frame_equal(a, b)

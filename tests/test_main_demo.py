@@ -106,16 +106,14 @@ def test_second_demo_run_rewrites_nothing(demo):
 
 
 def test_demo_killed_in_a_classifier_fold_resumes_to_the_same_table(demo):
-    """SIGKILL once the last classifier's fold 1 has its first checkpoint; the rerun trains only what is left."""
+    """SIGKILL once the last classifier's fold 1 has its first checkpoint; the rerun trains only what is left
+    and ends with the table of the uninterrupted run."""
     root, _ = demo
     runs, again = root / "runs", root / "runs_killed"
-    again.mkdir()
     plan = _demo_plan()
-    for name in plan.coords_from:  # stage 1 as it was: the kill lands in stage 2
-        shutil.copytree(runs / name, again / name)
-    for f in runs.glob("coords_*"):
-        shutil.copy2(f, again / f.name)
     target = [e.name for e in plan.experiments if e.kind == "classifier"][-1]
+    # every other experiment and the coordinates as the first run left them: only the target trains again
+    shutil.copytree(runs, again, ignore=shutil.ignore_patterns(target, "oof_scores.csv", "main.log", "logs"))
     last, done = again / target / "fold1_last.pt", again / target / "fold1_done.json"
 
     proc = subprocess.Popen(_demo_cmd(root, again), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,

@@ -239,6 +239,7 @@ def _toy_setup(tmp_path, phantom_dir):
 
 def test_runner_trains_every_fold_in_order_then_skips_them(toy_setup, capsys, caplog):
     import pandas as pd
+    import yaml
 
     from rsna2024.training.runner import run_experiments
 
@@ -263,6 +264,17 @@ def test_runner_trains_every_fold_in_order_then_skips_them(toy_setup, capsys, ca
     assert run_experiments(opts) == 0
     out = capsys.readouterr().out
     assert re.search(r"toy_b\s+1 skipped", out) and "OOF scores, folds 1 (4 studies)" in out
+
+    # a changed config never passes for finished: its folds fail, what depends on them is not run
+    caplog.clear()
+    opts.folds = None
+    (opts.experiments_dir / "toy_a.yaml").write_text(yaml.safe_dump({**TOY, "optim": {"lr": 1.0e-3}}))
+    assert run_experiments(opts) == 1
+    assert re.search(r"toy_a fold 0: not started, ConfigError: .*toy_a/config.yaml was written by a different "
+                     r"config \(optim.lr: 0.003 != 0.001\)", caplog.text)
+    assert "toy_b fold 0: not run, toy_a fold 0 failed" in caplog.text
+    runs = {p: t for p, t in stamps.items() if p.parent != opts.runs}  # the run folders are untouched
+    assert {p: p.stat().st_mtime_ns for p in runs} == runs
 
 
 def test_runner_options_are_checked(toy_setup):

@@ -1,6 +1,7 @@
 """The 2.5D ROI classifier family (stage 2): a 2D timm backbone per slice window, a GRU over the slices, a head.
 
-Input ``(B, R, S, H, W)``: R regions of S slices. Each slice ``s`` of each region (or every
+Input ``(B, R, S, H, W)``: R regions of S slices (the cache's [0, 1] intensities, standardised with ImageNet's
+mean and deviation before the backbone). Each slice ``s`` of each region (or every
 ``window_stride``-th) is seen by the backbone through a window of ``in_chans`` neighbouring slices centred on
 it (edge slices repeated), giving one feature vector per window; a bidirectional GRU runs over them and its
 outputs are averaged. The R region vectors are concatenated and a linear head gives ``num_outputs`` logits: 3
@@ -26,6 +27,8 @@ from rsna2024.models.pretrained import imagenet_unavailable, load_local_weights,
 from rsna2024.models.registry import register_model
 
 LEVEL_COUNT = len(LEVELS)
+# ImageNet's mean and standard deviation averaged over RGB (the channels here are slices, all alike)
+IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
 
 
 def _timm_backbone(name: str, in_chans: int, image_size: int | None, pretrained: bool, params: dict) -> nn.Module:
@@ -92,9 +95,13 @@ class Roi25d(nn.Module):
     """Backbone per slice window -> bidirectional GRU over slices (mean) -> concatenated regions -> linear."""
 
     def __init__(self, backbone: nn.Module, in_chans: int, regions: int, num_outputs: int, hidden: int = 256,
-                 dropout: float = 0.2, window_stride: int = 1):
+                 dropout: float = 0.2, window_stride: int = 1, input_mean: float = IMAGENET_MEAN,
+                 input_std: float = IMAGENET_STD):
         super().__init__()
         _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
+        if input_std <= 0:
+            raise ConfigError(f"roi25d: input_std must be positive, got {input_std}")
+        self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.backbone = backbone
         self.in_chans = in_chans
         self.window_stride = window_stride
@@ -114,6 +121,7 @@ class Roi25d(nn.Module):
         if x.ndim != 5 or x.shape[1] != self.regions:
             raise ValueError(f"roi25d expects (batch, regions={self.regions}, slices, H, W), got {tuple(x.shape)}")
         b, r, s, h, w = x.shape
+        x = (x - self.input_mean) / self.input_std  # the cache's [0, 1] intensities, standardised as for ImageNet
         windows = slice_windows(x.reshape(b * r, s, h, w), self.in_chans, self.window_stride)
         n = windows.shape[1]
         feats = self.backbone(windows.reshape(b * r * n, self.in_chans, h, w)).reshape(b * r, n, -1)

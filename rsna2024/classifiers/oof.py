@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from rsna2024.baselines.prior import fit_prior
-from rsna2024.constants import CONDITIONS, LEVELS, PRED_COLUMNS
+from rsna2024.classifiers.samples import row_grid
+from rsna2024.constants import PRED_COLUMNS
 from rsna2024.data.contract import labels_long
 from rsna2024.metric import SUBMISSION_COLUMNS, score, solution_from_long
 from rsna2024.utils.io import atomic_to_csv, atomic_write_text
@@ -52,10 +53,7 @@ def fold_prior(wide: pd.DataFrame, train_studies) -> pd.DataFrame:
 
 def prior_rows(study_ids, prior: pd.DataFrame) -> pd.DataFrame:
     """All 25 rows of each study (``row_id, condition, level`` + the prior's three columns)."""
-    grid = pd.MultiIndex.from_product([[int(s) for s in study_ids], CONDITIONS, LEVELS],
-                                      names=["study_id", "condition", "level"]).to_frame(index=False)
-    grid["row_id"] = grid["study_id"].astype(str) + "_" + grid["condition"] + "_" + grid["level"]
-    return grid.merge(prior, on=["condition", "level"], how="left", validate="many_to_one")
+    return row_grid(study_ids).merge(prior, on=["condition", "level"], how="left", validate="many_to_one")
 
 
 def assemble_oof(study_ids, predictions: pd.DataFrame, prior: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:

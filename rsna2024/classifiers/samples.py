@@ -129,16 +129,20 @@ def _with_points(long: pd.DataFrame, points_mm: pd.DataFrame | None) -> pd.DataF
     return merged
 
 
+def row_grid(study_ids) -> pd.DataFrame:
+    """``study_id, condition, level, row_id``: the 25 rows of each study, in ``train.csv`` column order."""
+    grid = pd.MultiIndex.from_product([[int(s) for s in study_ids], CONDITIONS, LEVELS],
+                                      names=["study_id", "condition", "level"]).to_frame(index=False)
+    grid["row_id"] = grid["study_id"].astype(str) + "_" + grid["condition"] + "_" + grid["level"]
+    return grid
+
+
 def label_table(wide: pd.DataFrame | None, study_ids) -> pd.DataFrame:
     """Long labels (``study_id, condition, level, row_id, label``; -1 = missing) of ``study_ids``;
     without ``wide`` (test studies) every label is missing."""
     study_ids = [int(s) for s in study_ids]
     if wide is None:
-        grid = pd.MultiIndex.from_product([study_ids, CONDITIONS, LEVELS], names=["study_id", "condition", "level"])
-        long = grid.to_frame(index=False)
-        long["row_id"] = long["study_id"].astype(str) + "_" + long["condition"] + "_" + long["level"]
-        long["label"] = -1
-        return long
+        return row_grid(study_ids).assign(label=-1)
     long = labels_long(wide[wide["study_id"].isin(study_ids)])
     long = long.drop(columns="label").rename(columns={"label_index": "label"})
     return long[["study_id", "condition", "level", "row_id", "label"]].reset_index(drop=True)

@@ -144,7 +144,10 @@ class RoiTask(Task):
 
     def build_datasets(self, ctx: FoldContext):
         self._setup(ctx)
-        self.require_points(self.data.oof_points, ctx)  # before training, not after it
+        oof_points = self.points_file(self.data.oof_points, ctx)
+        if not oof_points.is_file():  # needed by write_oof only: a resumed fold goes straight there once it exists
+            log.warning("%s: the OOF points file %s does not exist yet; the fold trains, but writing its OOF files "
+                        "will fail until `rsna2024 coords` writes it", self.cfg.name, oof_points)
         memo = self.data.keep_regions
         train = self.dataset(ctx.train_studies(), self.data.train_points, train=True, memo=memo)
         valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=memo)

@@ -46,9 +46,12 @@ def mean_of(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 def oof_table(data_dir: str | Path, runs_dir: str | Path, experiments: Sequence[tuple[str, str]],
-              folds: pd.DataFrame, fold_ids: Sequence[int]) -> pd.DataFrame:
+              folds: pd.DataFrame, fold_ids: Sequence[int], unfinished: dict[str, str] | None = None
+              ) -> pd.DataFrame:
     """The table (:data:`TABLE_COLUMNS`) for ``experiments`` (``(name, family)`` pairs, run folders in
-    ``runs_dir``) over the studies of ``fold_ids``; an experiment lacking a fold file gets a note and no score."""
+    ``runs_dir``) over the studies of ``fold_ids``. An experiment lacking a fold file, or named in
+    ``unfinished`` (name -> why: its jobs failed in this run, so its files may be stale), gets a note and no
+    score, and stays out of the family means."""
     from rsna2024.baselines.prior import prior_oof
     from rsna2024.classifiers.oof import blend_oof, score_oof
     from rsna2024.data.contract import load_labels_wide
@@ -66,6 +69,9 @@ def oof_table(data_dir: str | Path, runs_dir: str | Path, experiments: Sequence[
                      "studies": len(studies) if pred is not None else 0, "note": note})
 
     for name, family in experiments:
+        if name in (unfinished or {}):
+            row(name, family, 1, None, None, unfinished[name])
+            continue
         pred = read_oof(Path(runs_dir) / name, fold_ids)
         true = read_oof(Path(runs_dir) / name, fold_ids, "true")
         if pred is None:

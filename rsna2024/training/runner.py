@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rsna2024.errors import ConfigError
 from rsna2024.utils.logging import get_logger
 
@@ -344,6 +346,9 @@ class _Scheduler:
         except Blocked as exc:
             self._finish(job, JobResult(job.name, "blocked", message=str(exc)))
             return True
+        except Exception as exc:  # noqa: BLE001 - a job that cannot start fails alone
+            self._finish(job, JobResult(job.name, "failed", message=f"{type(exc).__name__}: {exc}"))
+            return True
         if skip:
             self._finish(job, JobResult(job.name, "skipped", message=skip))
         elif self.serial:
@@ -360,6 +365,8 @@ class _Scheduler:
         self.results[job.name] = result
         if result.status == "blocked":
             log.warning("%s: not run, %s", job.name, result.message)
+        elif result.status == "failed" and not result.seconds:
+            log.error("%s: not started, %s", job.name, result.message)
         elif result.status == "skipped" and result.message:
             log.info("%s: skipped (%s)", job.name, result.message)
 
@@ -580,6 +587,7 @@ class FoldJobs:
             command += ["--set", item]
 
         def check() -> str | None:
+            check_run_config(self.configs[name], self.run_dir(name))
             return "finished earlier" if done_path(self.run_dir(name), k).is_file() else None
 
         def call() -> str:
@@ -659,6 +667,20 @@ class FoldJobs:
         return bool((index["split"] == "test").any())
 
 
+def check_run_config(cfg, run_dir: Path) -> None:
+    """Raise ConfigError when ``run_dir`` was trained with another config than ``cfg`` (as the fold trainer
+    does before training), so a finished fold of a changed config is never taken as done."""
+    from rsna2024.training.config import config_differences, config_to_dict
+    from rsna2024.training.trainer import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    if path.is_file():
+        diffs = config_differences(yaml.safe_load(path.read_text()) or {}, config_to_dict(cfg))
+        if diffs:
+            raise ConfigError(f"{path} was written by a different config ({'; '.join(diffs[:5])}); use another "
+                              "experiment name or --runs folder, or remove the run folder to train it again")
+
+
 def _slots(gpus: list[int] | None) -> list[str | None]:
     if not gpus:
         return [None]
@@ -717,7 +739,13 @@ def run_experiments(opts: RunOptions, planned: tuple[Plan, dict] | None = None) 
     print(format_timings(plan, builder, results, time.perf_counter() - t0))
 
     classifiers = [(e.name, e.family) for e in plan.experiments if e.kind == "classifier"]
-    table = report.oof_table(opts.data, opts.runs, classifiers, folds, fold_ids)
+    unfinished = {}
+    for name, _ in classifiers:
+        bad = [results[builder.fold_job(name, k)] for k in fold_ids if not results[builder.fold_job(name, k)].ok]
+        if bad:
+            why = bad[0].message.split(";")[0]
+            unfinished[name] = f"fold {bad[0].name.rsplit(' ', 1)[-1]} {bad[0].status}: {why}"
+    table = report.oof_table(opts.data, opts.runs, classifiers, folds, fold_ids, unfinished)
     print(report.format_table(table, _table_title(fold_ids, int(table["studies"].iloc[-1]))))
     report.write_table(table, opts.runs)
     errors = report.keypoint_errors(opts.data, opts.runs / COORDS_FILES["train"], opts.runs / "keypoint_report",
