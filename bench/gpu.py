@@ -30,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--limit-steps", type=int, default=None, help="optimizer steps per config (default: one epoch)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="epochs per config; images/s is the last one's (2: the first warms cuDNN and the loaders)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override every config, e.g. --set workers=8")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
@@ -52,7 +54,8 @@ def measure(config: Path, args) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
-            stats = trainer.train_epoch(0, limit_steps=args.limit_steps)
+            for epoch in range(args.epochs):
+                stats = trainer.train_epoch(epoch, limit_steps=args.limit_steps)
         except torch.cuda.OutOfMemoryError:
             row["error"] = "out of memory"
             stats = None
@@ -92,19 +95,22 @@ def main(argv=None) -> int:
     from rsna2024.utils.logging import setup_logging
 
     setup_logging("WARNING")
-    rows = [measure(c, args) for c in args.configs]
     if args.device == "cuda":
         title = f"One training epoch per config on {torch.cuda.get_device_name()} (torch {torch.__version__})"
     else:
         title = f"CPU smoke run ({torch.get_num_threads()} threads, torch {torch.__version__})"
     if args.limit_steps:
         title += f", {args.limit_steps} optimizer steps per config"
-    table = markdown(rows, title)
-    print(table)
-    if args.out is not None:
-        from rsna2024.utils.io import atomic_write_text
+    if args.epochs > 1:
+        title += f"; images/s of the last of {args.epochs} epochs, peak memory over all"
+    rows = []
+    for config in args.configs:
+        rows.append(measure(config, args))
+        if args.out is not None:  # after every config, so a run cut short keeps the rows measured
+            from rsna2024.utils.io import atomic_write_text
 
-        atomic_write_text(args.out, table)
+            atomic_write_text(args.out, markdown(rows, title))
+    print(markdown(rows, title))
     return 1 if any("error" in r for r in rows) else 0
 
 
