@@ -136,8 +136,9 @@ def main(argv=None) -> int:
           + "; ".join(report.runs))
     for step, seconds in times.items():
         print(f"{step:34s} {seconds:7.1f} s")
+    shown = args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out
     print(f"page {html.stat().st_size / 1e3:.0f} KB, {len(report.panels)} images, {len(report.warnings)} warnings; "
-          f"PNG {args.out} {args.out.stat().st_size / 1e3:.0f} KB")
+          f"PNG {shown} {args.out.stat().st_size / 1e3:.0f} KB")
     return 0
 
 

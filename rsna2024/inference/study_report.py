@@ -577,10 +577,9 @@ def render_html(report: StudyReport) -> str:
            if p.png is not None else "<p class=\"note\">not drawn</p>")
         + f"<figcaption>{_e(p.caption)}</figcaption></figure>" for p in report.panels)
     notes = "".join(f"<p class=\"note\">{_e(t)} not shown: {_e(why)}</p>" for t, why in report.missing.items())
-    legend = ("x: predicted point (the points the classifiers read), o: true point; orange spinal canal, blue "
-              "left, red right; squares: the regions of interest around the points")
-    if report.points_source != "predicted":
-        legend = f"points: {report.points_source} points (no keypoint run); " + legend
+    used = {"predicted": "predicted by the keypoint runs", "true": "the true point: no keypoint run"}
+    legend = (f"x: the point the classifiers read ({used.get(report.points_source, 'none')}), o: true point; "
+              "orange spinal canal, blue left, red right; squares: the regions of interest around the x points")
     points = report.points.drop(columns=["condition", "level"])
     warnings = "".join(f"<li>{_e(w)}</li>" for w in report.warnings) or "<li>none</li>"
     body = (f"<h1>{_e(title)}</h1><p class=\"meta\">data {_e(report.data_dir)}{_e(fold)}</p>"
@@ -603,6 +602,6 @@ def write_study_report(data_dir: str | Path, study_id: int, runs: Sequence[str |
     check_overwrite(out, overwrite)
     report = build_study_report(data_dir, study_id, runs, cache, split=split, device=device, folds_path=folds_path)
     atomic_write_text(out, render_html(report))
-    log.info("study report of %s written to %s (%d panels, %d warnings)", study_id, out, len(report.panels),
+    log.info("study report of %s written to %s (%d panels, %d warning(s))", study_id, out, len(report.panels),
              len(report.warnings))
     return report
