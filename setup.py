@@ -32,6 +32,7 @@ setup(
         "joblib>=1.3",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",
+        "pillow>=9.2",  # PIL: the phantom preview and the study report draw with it
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "packaging>=21",

@@ -305,6 +305,40 @@ def _run_keypoint_report(args):
     print(f"report written to {args.out / 'report.md'}")
 
 
+# --------------------------------------------------------------------------- report
+def _add_report(sub):
+    p = sub.add_parser("report", help="one study as a self-contained HTML page: its series with the predicted and "
+                       "true points and regions, the axial slices per level, the 5x5 predicted severities beside "
+                       "the labels, the keypoint confidences and the warnings met")
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder in Kaggle layout")
+    p.add_argument("--study", type=non_negative_int, required=True, help="study_id")
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders (runs/<experiment>): keypoint runs predict the points, classifier runs "
+                        "(split_*, global) the severities; points only without classifier runs")
+    p.add_argument("--out", type=writable_file, required=True, help="the HTML file to write")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="preprocessing cache root or parameter folder (default: <data>/../cache)")
+    p.add_argument("--split", choices=["train", "test"], default=None,
+                   help="the split listing the study (default: the one whose series descriptions list it)")
+    p.add_argument("--folds", type=existing_file, default=None,
+                   help="train split: folds.csv choosing each run's out-of-fold model (default: <data>/folds.csv)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    return p
+
+
+def _run_report(args):
+    from rsna2024.inference.study_report import write_study_report
+    from rsna2024.keypoints.studies import resolve_cache
+
+    report = write_study_report(args.data, args.study, args.runs, args.out, resolve_cache(args.data, args.cache),
+                                split=args.split, device=args.device, overwrite=args.overwrite,
+                                folds_path=args.folds)
+    print(f"study {report.study_id} ({report.split}): {len(report.panels)} images, "
+          f"{'no' if report.predictions is None else len(report.predictions)} predicted rows, "
+          f"{len(report.warnings)} warning(s); written to {args.out}")
+
+
 # --------------------------------------------------------------------------- compare
 def _add_compare(sub):
     p = sub.add_parser("compare", help="rank runs on the same folds: prior, seed baselines S0-S3, the split and "
@@ -360,6 +394,7 @@ COMMANDS = {
     "kaggle": (_add_kaggle, _run_kaggle),
     "coords": (_add_coords, _run_coords),
     "keypoint-report": (_add_keypoint_report, _run_keypoint_report),
+    "report": (_add_report, _run_report),
     "compare": (_add_compare, _run_compare),
     "run": (_add_run, _run_run),
 }

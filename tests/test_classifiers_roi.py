@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from rsna2024.classifiers.dataset import IGNORE_INDEX, RoiDataset, SeriesStore
-from rsna2024.classifiers.roi import Jitter, RoiConfig, condition_region, cut_region, mirror_left_right
+from rsna2024.classifiers.roi import (
+    Jitter,
+    RoiConfig,
+    condition_region,
+    condition_slices,
+    cut_region,
+    mirror_left_right,
+)
 from rsna2024.classifiers.samples import label_table, load_points, points_in_mm, split_samples
 from rsna2024.constants import AXIAL_T2, CONDITION_GROUPS, SAGITTAL_T1, SAGITTAL_T2, TARGET_COLUMNS
 from rsna2024.dicom.series import Series, canonicalize
@@ -67,6 +74,9 @@ def test_foraminal_window_at_level_offsets_medial_to_lateral():
     # L4/L5: 17.8 mm -> 5 slices (17.5 mm) from the middle: slice 12 on the left, 2 on the right
     assert left[:, 0, 0].tolist() == [10, 11, 12, 13, 14]  # medial -> lateral
     assert right[:, 0, 0].tolist() == [4, 3, 2, 1, 0]  # medial -> lateral
+    # the slices named for the report are those cut, in the same order
+    assert condition_slices(s, "left_neural_foraminal_narrowing", "l4_l5", point, cfg).tolist() == [10, 11, 12, 13, 14]
+    assert condition_slices(s, "right_neural_foraminal_narrowing", "l4_l5", point, cfg).tolist() == [4, 3, 2, 1, 0]
     l1 = condition_region(s, "left_neural_foraminal_narrowing", "l1_l2", point, cfg)
     assert l1[2, 0, 0] == 11  # 14.9 mm -> 4 slices (14 mm)
     own = condition_region(s, "left_neural_foraminal_narrowing", "l4_l5", s.pixel_to_patient(9, 32, 32),

@@ -110,6 +110,27 @@ def test_global_model_covers_every_condition(phantom_dir, phantom_cache, stage2)
     assert not (run / "oof.csv").exists()  # fold 0 is not trained: nothing to merge yet
 
 
+def test_predict_studies_repeats_the_oof_rows_without_a_fold_context(phantom_dir, phantom_cache, stage2):
+    from rsna2024.classifiers.dataset import SeriesStore
+    from rsna2024.classifiers.samples import load_points, points_in_mm
+    from rsna2024.training.checkpoint import load_fold_model
+    from rsna2024.training.task import create_task
+
+    cfg = _config("global", "global_tiny")
+    _train(cfg, phantom_dir, phantom_cache, stage2, 1)  # skipped when the test above trained it
+    run = stage2["runs"] / cfg.name
+    model, saved = load_fold_model(run, 1)
+    store = SeriesStore(phantom_cache)
+    studies = stage2["folds"].loc[stage2["folds"]["fold"] == 1, "study_id"].to_numpy()
+    points = points_in_mm(load_points(stage2["runs"] / "coords_oof.csv"), store.load)
+    rows = create_task(saved).predict_studies(model, store, studies, points, batch_size=5).set_index("row_id")
+    oof = pd.read_csv(run / "oof_fold1.csv").set_index("row_id")
+    model_rows = oof.index[oof["source"] == "model"]
+    assert sorted(rows.index) == sorted(model_rows)  # the rows without a region are left out, as in the OOF file
+    np.testing.assert_allclose(rows.loc[model_rows, list(PRED_COLUMNS)], oof.loc[model_rows, list(PRED_COLUMNS)],
+                               atol=1e-5)
+
+
 def test_missing_predicted_points_file_says_what_to_run(phantom_dir, phantom_cache, stage2, caplog):
     cfg = _config("split_spinal", "split_spinal_nofile", oof_points="{runs}/nowhere.csv")
     with pytest.raises(ConfigError, match="nowhere.csv.*rsna2024 coords"):

@@ -16,6 +16,7 @@ from rsna2024.dicom.geometry import (
     middle_slice_index,
     nearest_axial_slice,
     project_point,
+    roi_square,
     slice_window,
     slices_at_offsets,
 )
@@ -154,6 +155,9 @@ def test_roi_crop_in_mm_is_resampled_exactly(tmp_path):
     assert crop_roi(s, center + 3 * SAG_N, 4.0, 4)[0] == pytest.approx(expected, abs=1e-3)
     edge = crop_roi(s, s.to_patient(1, 0, 0), 4.0, 4, slices=[0])
     assert edge.shape == (1, 4, 4) and edge[0, 0, 0] == 0 and edge[0, 3, 3] > 0
+    # the square drawn for that crop: 2 mm either side is 8 columns (0.25 mm) and 4 rows (0.5 mm), also off-plane
+    assert roi_square(s, center, 4.0, 0) == pytest.approx((12.0, 6.0, 28.0, 14.0))
+    assert roi_square(s, center + 3 * SAG_N, 4.0, 0) == pytest.approx((12.0, 6.0, 28.0, 14.0))
 
 
 def test_volume_affine_matches_per_slice_geometry_for_a_regular_stack(oblique_sag):

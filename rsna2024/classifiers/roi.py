@@ -108,17 +108,9 @@ def mirror_left_right(roi: np.ndarray, series: Series, slice_index: int) -> np.n
     return np.ascontiguousarray(np.flip(roi, axis=axis))
 
 
-def cut_region(series: Series, center, cfg: RoiConfig, *, anchor_mm: float | None = None,
-               descending: bool = False, mirror: bool = False,
-               rng: np.random.Generator | None = None) -> np.ndarray:
-    """The region of ``series`` around the LPS point ``center`` (mm): ``(cfg.slices, out, out)`` float32.
-
-    The slice window is centred on the slice nearest ``center`` or, when ``anchor_mm`` is given, on
-    the slice ``anchor_mm`` from the middle of the stack along the series normal oriented towards
-    patient left / posterior / superior; slices run along that direction, or against it when
-    ``descending``. ``mirror`` flips the region left-right (:func:`mirror_left_right`). With ``rng``
-    the training jitter of ``cfg.jitter`` is applied.
-    """
+def _window(series: Series, center, cfg: RoiConfig, anchor_mm: float | None, descending: bool,
+            rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """The (possibly jittered) centre and the slice indices of a region (see :func:`cut_region`)."""
     center = np.asarray(center, dtype=np.float64).reshape(3)
     spacing = series.slice_spacing or 1.0
     offsets = window_offsets(cfg.slices, spacing, cfg.slice_step)
@@ -130,13 +122,40 @@ def cut_region(series: Series, center, cfg: RoiConfig, *, anchor_mm: float | Non
         center = center + shift - (shift @ normal) * normal
         offsets = offsets + int(rng.integers(-cfg.jitter.slices, cfg.jitter.slices + 1)) * spacing
     if anchor_mm is None:
-        slices = slices_at_offsets(series, offsets, reference=series.nearest_slice(center)[0])
-    else:
-        slices = slices_at_offsets(series, offsets + anchor_mm)
+        return center, slices_at_offsets(series, offsets, reference=series.nearest_slice(center)[0])
+    return center, slices_at_offsets(series, offsets + anchor_mm)
+
+
+def cut_region(series: Series, center, cfg: RoiConfig, *, anchor_mm: float | None = None,
+               descending: bool = False, mirror: bool = False,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """The region of ``series`` around the LPS point ``center`` (mm): ``(cfg.slices, out, out)`` float32.
+
+    The slice window is centred on the slice nearest ``center`` or, when ``anchor_mm`` is given, on
+    the slice ``anchor_mm`` from the middle of the stack along the series normal oriented towards
+    patient left / posterior / superior; slices run along that direction, or against it when
+    ``descending``. ``mirror`` flips the region left-right (:func:`mirror_left_right`). With ``rng``
+    the training jitter of ``cfg.jitter`` is applied.
+    """
+    center, slices = _window(series, center, cfg, anchor_mm, descending, rng)
     roi = crop_roi(series, center, cfg.size_mm, cfg.out_size, slices=slices)
     if mirror:
         roi = mirror_left_right(roi, series, int(slices[len(slices) // 2]))
     return roi
+
+
+def condition_window(condition: str, level: str, cfg: RoiConfig) -> dict:
+    """The :func:`cut_region` options (``anchor_mm``, ``descending``, ``mirror``) of one condition at one
+    level, by the rules of the module docstring."""
+    side = side_of(condition)
+    if condition == SPINAL:
+        return {"anchor_mm": None, "descending": False, "mirror": False}
+    if "foraminal" in condition:
+        anchor = cfg.foraminal_offset(level, side) if cfg.foraminal_slices == "offset" else None
+        return {"anchor_mm": anchor, "descending": side == "right", "mirror": False}
+    if "subarticular" in condition:
+        return {"anchor_mm": None, "descending": True, "mirror": side == "right"}
+    raise ValueError(f"unknown condition {condition!r}")
 
 
 def condition_region(series: Series, condition: str, level: str, point, cfg: RoiConfig,
@@ -146,15 +165,13 @@ def condition_region(series: Series, condition: str, level: str, point, cfg: Roi
     ``series`` is the series the condition is read on (Sagittal T2 for the spinal canal, Sagittal T1 for the
     foramina, Axial T2 for the recesses); ``point`` the condition's LPS point at ``level``.
     """
-    side = side_of(condition)
-    if condition == SPINAL:
-        return cut_region(series, point, cfg, rng=rng)
-    if "foraminal" in condition:
-        anchor = cfg.foraminal_offset(level, side) if cfg.foraminal_slices == "offset" else None
-        return cut_region(series, point, cfg, anchor_mm=anchor, descending=side == "right", rng=rng)
-    if "subarticular" in condition:
-        return cut_region(series, point, cfg, descending=True, mirror=side == "right", rng=rng)
-    raise ValueError(f"unknown condition {condition!r}")
+    return cut_region(series, point, cfg, rng=rng, **condition_window(condition, level, cfg))
+
+
+def condition_slices(series: Series, condition: str, level: str, point, cfg: RoiConfig) -> np.ndarray:
+    """The canonical slice indices :func:`condition_region` cuts (no jitter), in the region's channel order."""
+    window = condition_window(condition, level, cfg)
+    return _window(series, point, cfg, window["anchor_mm"], window["descending"], None)[1]
 
 
 def axial_region(axials: Sequence[Series], point, cfg: RoiConfig,

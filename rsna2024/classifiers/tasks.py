@@ -125,12 +125,14 @@ class RoiTask(Task):
         table = self._points[key]
         return points_in_mm(table[table["study_id"].isin([int(s) for s in studies])], self.store.load)
 
-    def samples(self, studies, spec: str) -> pd.DataFrame:
-        labels = label_table(self.wide, studies)
-        points = self.points(spec, studies)
+    def sample_table(self, labels: pd.DataFrame, points_mm: pd.DataFrame | None) -> pd.DataFrame:
+        """The model's samples (split or global table) from long labels and points in mm."""
         if self.is_global:
-            return global_samples(labels, points)
-        return split_samples(labels, points, self.conditions)
+            return global_samples(labels, points_mm)
+        return split_samples(labels, points_mm, self.conditions)
+
+    def samples(self, studies, spec: str) -> pd.DataFrame:
+        return self.sample_table(label_table(self.wide, studies), self.points(spec, studies))
 
     def dataset(self, studies, spec: str, train: bool = False, memo: bool = False) -> RoiDataset:
         ds = RoiDataset(self.samples(studies, spec), self.store, self.data.roi, self.conditions, train=train, memo=memo)
@@ -194,6 +196,21 @@ class RoiTask(Task):
 
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
         return {"probs": class_probabilities(outputs)}
+
+    @torch.no_grad()
+    def predict_studies(self, model, store: SeriesStore, studies, points_mm: pd.DataFrame | None,
+                        device: str | torch.device = "cpu", batch_size: int = 16) -> pd.DataFrame:
+        """``row_id`` + the three class columns of ``studies`` from ``model`` (a trained fold model) on regions
+        cut from ``store`` around ``points_mm`` (:func:`~rsna2024.classifiers.samples.points_in_mm`); rows
+        without a region (point or series missing) are left out. Needs no fold context (reports, prediction)."""
+        ds = RoiDataset(self.sample_table(label_table(None, studies), points_mm), store, self.data.roi,
+                        self.conditions)
+        model.eval()
+        probs = []
+        for batch in torch.utils.data.DataLoader(ds, batch_size=batch_size):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            probs.append(self.predict(self.forward(model, batch), batch)["probs"].float().cpu().numpy())
+        return ds.prediction_rows(np.concatenate(probs) if probs else np.zeros((0, 3)))
 
     # ----------------------------------------------------------------- evaluation
     def oof_table(self, dataset: RoiDataset, probs: np.ndarray, studies) -> pd.DataFrame:

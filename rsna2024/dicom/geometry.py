@@ -113,6 +113,18 @@ def nearest_axial_slice(axials: Sequence[Series], point: Sequence[float],
     return best
 
 
+def roi_square(series: Series, center: Sequence[float], size_mm: float,
+               index: int) -> tuple[float, float, float, float]:
+    """The edges ``(x0, y0, x1, y1)`` in canonical pixels of slice ``index`` of the ``size_mm`` square that
+    :func:`crop_roi` samples there: centred on the projection of the LPS point ``center`` onto that slice's
+    plane, aligned with its rows and columns (pixel centres at whole numbers, so a pixel spans +-0.5)."""
+    xs, ys, _ = series.plane_coordinates(center)
+    x, y = xs[index], ys[index]
+    row_sp, col_sp = series.spacings[index]
+    half_x, half_y = size_mm / 2 / col_sp, size_mm / 2 / row_sp
+    return float(x - half_x), float(y - half_y), float(x + half_x), float(y + half_y)
+
+
 def crop_roi(series: Series, center: Sequence[float], size_mm: float, out_size: int,
              slices: Sequence[int] | None = None, order: int = 1) -> np.ndarray:
     """A ``size_mm`` x ``size_mm`` square centred on the LPS point ``center``, resampled to
@@ -126,13 +138,11 @@ def crop_roi(series: Series, center: Sequence[float], size_mm: float, out_size: 
 
     if slices is None:
         slices = [series.nearest_slice(center)[0]]
-    xs, ys, _ = series.plane_coordinates(center)
-    # sample centres of the out grid, in mm from the ROI centre
-    grid_mm = (np.arange(out_size) + 0.5) * (size_mm / out_size) - size_mm / 2
+    steps = (np.arange(out_size) + 0.5) / out_size  # sample centres of the out grid, as fractions of the side
     out = np.zeros((len(slices), out_size, out_size), dtype=np.float32)
     for j, i in enumerate(slices):
-        row_sp, col_sp = series.spacings[i]
-        yy, xx = np.meshgrid(ys[i] + grid_mm / row_sp, xs[i] + grid_mm / col_sp, indexing="ij")
+        x0, y0, x1, y1 = roi_square(series, center, size_mm, int(i))
+        yy, xx = np.meshgrid(y0 + steps * (y1 - y0), x0 + steps * (x1 - x0), indexing="ij")
         out[j] = map_coordinates(np.asarray(series.pixels[i], dtype=np.float32), [yy, xx], order=order,
                                  mode="constant", cval=0.0)
     return out

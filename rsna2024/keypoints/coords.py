@@ -62,24 +62,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def load_run(run_dir: str | Path, device: torch.device, folds: Sequence[int] | None = None) -> KeypointRun:
     """The fold models of a keypoint run folder (``fold{k}_best.pt``; every fold found, or ``folds``)."""
-    from rsna2024.training.checkpoint import best_path, load_fold_model
+    from rsna2024.training.checkpoint import load_run_models
     from rsna2024.training.task import create_task
 
-    run_dir = Path(run_dir)
-    if folds is None:
-        folds = sorted(int(p.name[4:].split("_")[0]) for p in run_dir.glob("fold*_best.pt"))
-    if not folds:
-        raise RsnaError(f"{run_dir}: no fold*_best.pt checkpoint; train the run first (`rsna2024 train`)")
-    models, task = {}, None
-    for k in folds:
-        if not best_path(run_dir, k).is_file():
-            raise RsnaError(f"{run_dir}: fold {k} has no best checkpoint ({best_path(run_dir, k).name})")
-        model, cfg = load_fold_model(run_dir, k, device=device)
-        task = create_task(cfg)
-        if not isinstance(task, KeypointTask):
-            raise ConfigError(f"{run_dir}: task {cfg.task!r} is not a keypoint task ({', '.join(TASKS.values())})")
-        models[k] = model
-    return KeypointRun(run_dir, task, models)
+    cfg, models = load_run_models(run_dir, device, folds)
+    task = create_task(cfg)
+    if not isinstance(task, KeypointTask):
+        raise ConfigError(f"{run_dir}: task {cfg.task!r} is not a keypoint task ({', '.join(TASKS.values())})")
+    return KeypointRun(Path(run_dir), task, models)
 
 
 def _empty_rows(study_id: int, conditions, levels=LEVELS) -> list[dict]:
@@ -188,6 +178,13 @@ class CoordinatePredictor:
                     np.array([r.x_mm, r.y_mm, r.z_mm])
         self.rows.extend(table[COORDS_COLUMNS].to_dict("records"))
 
+    def predict(self, study_ids: Sequence[int]) -> pd.DataFrame:
+        """Every run's points of ``study_ids`` (Sagittal T2 first: it places the axial slices), as :meth:`table`."""
+        for kind in ("sagt2", "sagt1", "axial"):
+            if kind in self.runs:
+                self.run_task(kind, study_ids)
+        return self.table(study_ids)
+
     def table(self, study_ids: Sequence[int]) -> pd.DataFrame:
         """All rows (25 per study), empty coordinates where nothing was predicted."""
         full = pd.DataFrame([r for sid in study_ids for r in _empty_rows(sid, CONDITIONS)])
@@ -228,11 +225,7 @@ def predict_coordinates(data: str | Path, runs: Sequence[str | Path], split: str
             if lacking:
                 raise RsnaError(f"{run.run_dir}: folds {lacking} have no best checkpoint; out-of-fold "
                                 f"coordinates need every fold")
-    predictor = CoordinatePredictor(loaded, studies, study_folds, dev, batch_size)
-    for kind in ("sagt2", "sagt1", "axial"):
-        if kind in predictor.runs:
-            predictor.run_task(kind, study_ids)
-    return predictor.table(study_ids)
+    return CoordinatePredictor(loaded, studies, study_folds, dev, batch_size).predict(study_ids)
 
 
 def write_coordinates(data: str | Path, runs: Sequence[str | Path], split: str, out: str | Path, cache: str | Path,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rsna2024.errors import RsnaError
 from rsna2024.utils.io import atomic_path
 
 CHECKPOINT_FORMAT = 1
@@ -79,3 +80,23 @@ def load_fold_model(run_dir: str | Path, fold: int, device: str | torch.device =
     model = create_task(cfg).build_model(pretrained=False)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
+
+
+def run_folds(run_dir: str | Path) -> list[int]:
+    """The folds of a run folder that have a best checkpoint (``fold{k}_best.pt``), sorted."""
+    return sorted(int(p.name[4:].split("_")[0]) for p in Path(run_dir).glob("fold*_best.pt"))
+
+
+def load_run_models(run_dir: str | Path, device: str | torch.device = "cpu", folds=None):
+    """``(cfg, {fold: model})``: the best models of a run folder (every fold found, or ``folds``), eval mode.
+    A run without any best checkpoint, or without one of the ``folds`` asked for, is an error naming it."""
+    run_dir = Path(run_dir)
+    folds = run_folds(run_dir) if folds is None else list(folds)
+    if not folds:
+        raise RsnaError(f"{run_dir}: no fold*_best.pt checkpoint; train the run first (`rsna2024 train`)")
+    models, cfg = {}, None
+    for k in folds:
+        if not best_path(run_dir, k).is_file():
+            raise RsnaError(f"{run_dir}: fold {k} has no best checkpoint ({best_path(run_dir, k).name})")
+        models[k], cfg = load_fold_model(run_dir, k, device=device)
+    return cfg, models

@@ -1,8 +1,10 @@
 """Logging to stdout (and optionally a file) with one format for the whole kit."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -35,3 +37,22 @@ def ensure_logging() -> None:
     and Python would print their warnings bare, without time, level or source)."""
     if not any(getattr(h, "_rsna2024", False) for h in logging.getLogger("rsna2024").handlers):
         setup_logging()
+
+
+@contextlib.contextmanager
+def captured_warnings(name: str = "rsna2024") -> Iterator[list[str]]:
+    """Collect the messages of the warnings (and errors) logged under ``name`` inside the block, in order; they
+    are still shown as usual."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(logging.WARNING)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
