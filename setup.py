@@ -31,6 +31,7 @@ setup(
         "albumentations>=1.3",
         "joblib>=1.3",
         "scikit-learn>=1.3",
+        "scipy>=1.9",
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pyyaml>=6.0",
