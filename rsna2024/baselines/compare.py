@@ -144,15 +144,9 @@ def evaluate(oof: pd.DataFrame, long: pd.DataFrame) -> tuple[dict, np.ndarray]:
             "studies": int(long["study_id"].nunique())}, matrix
 
 
-def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
-    """The confusion matrix as a PNG: counts, shaded by the share of each true class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_confusion(ax, matrix: np.ndarray, title: str) -> None:
+    """Draw a 3 x 3 confusion matrix on a matplotlib axis: counts, shaded by the share of each true class."""
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(3):
         for j in range(3):
@@ -162,6 +156,17 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
     ax.set_xlabel("predicted (argmax)")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
+    """The confusion matrix as a PNG (:func:`draw_confusion`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    draw_confusion(ax, matrix, title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -330,6 +330,24 @@ def confusion_by_group(table: pd.DataFrame, long: pd.DataFrame) -> dict[str, np.
     return {g: classification_metrics(label[group == g], probs[group == g].argmax(axis=1))[2] for g in GROUPS}
 
 
+def classifier_runs(runs_root: str | Path, points: str = "predicted") -> list[Path]:
+    """The run folders under ``runs_root`` that ``predict`` ensembles (tasks ``split_*`` and ``global``) holding a
+    merged OOF file (``oof.csv``, or ``oof_true_points.csv``), by name."""
+    import yaml
+
+    from rsna2024.baselines.compare import run_kind
+    from rsna2024.classifiers.oof import oof_name
+
+    found = []
+    for folder in sorted(Path(runs_root).iterdir()):
+        config = folder / "config.yaml"
+        if config.is_file() and (folder / oof_name(points)).is_file():
+            task = str((yaml.safe_load(config.read_text()) or {}).get("task", ""))
+            if run_kind(task) in ("split", "global"):
+                found.append(folder)
+    return found
+
+
 # --------------------------------------------------------------------------- the command
 @dataclass
 class Evaluation:
