@@ -238,8 +238,9 @@ def test_nested_score_is_not_optimistic(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command and its files
-def test_cli_writes_weights_that_load(synth, tmp_path, capsys):
-    data, ids, good = synth
+def test_cli_writes_weights_that_load(tmp_path, capsys):
+    data, q = write_data(tmp_path / "data", studies=30, folds=3)
+    ids, good = q["row_id"].to_numpy(), calibrated(q[COLS].to_numpy())
     noise = np.random.default_rng(7).dirichlet([1, 1, 1], len(ids))
     spinal = np.array(["spinal" in r for r in ids])
     runs = [write_run(tmp_path / "runs", "global_good", "global", run_table(ids, good), data),
@@ -288,3 +289,5 @@ def test_errors_name_the_problem(synth, tmp_path):
     assert len(evaluate_runs(data, [partial]).scores) == 3
     with pytest.raises(EvaluateError, match="at least 2 folds"):
         evaluate_runs(data, [partial], fit_weights=True)
+    with pytest.raises(EvaluateError, match="only when something is fitted"):
+        evaluate_runs(data, [one], weights_out=tmp_path / "w.json")

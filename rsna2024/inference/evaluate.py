@@ -7,7 +7,7 @@ is :func:`rsna2024.inference.ensemble.blend` of the runs' ``model`` rows (a spli
 group); a row no run with weight > 0 predicts keeps the mean of the files there (the training folds' prior),
 untempered. That is what ``rsna2024 predict --weights`` computes on the test studies.
 
-Fitting (``fit_weights``: one weight >= 0 per run, summing to 1, by SLSQP on the simplex; ``fit_temperature``:
+Fitting (``fit_weights``: one weight >= 0 per run, summing to 1, :func:`fit_run_weights`; ``fit_temperature``:
 one T per condition, ``p ** (1 / T)``, by a bounded 1-D search) minimises the competition score. Nested: for each
 fold k of ``folds.csv`` both are fitted on the rows of the other folds only and applied to fold k; the pooled
 result is the honest estimate of the fitted ensemble. Fitting once on every fold gives the weights file
@@ -42,7 +42,8 @@ WEIGHTS_FILE = "ensemble_weights.json"
 EQUAL, NESTED, IN_SAMPLE, PRIOR = "ensemble", "ensemble (nested fit)", "ensemble (fit on all folds)", "prior"
 ENSEMBLE_FILES = {EQUAL: "oof_ensemble.csv", NESTED: "oof_ensemble_nested.csv", IN_SAMPLE: "oof_ensemble_fitted.csv"}
 TEMPERATURE_BOUNDS = (0.1, 10.0)
-MIN_WEIGHT = 1e-4  # fitted weights below this are set to 0
+LOG_WEIGHT_MIN = -12.0  # log-weight search bounds: weights from e**-12 to 1 (relative to the largest)
+PRUNE_BELOW = 0.02  # fitted weights under this are tried at 0
 
 
 class EvaluateError(RsnaError):
@@ -203,8 +204,13 @@ def weight_vector(stack: OofStack, weights: EnsembleWeights | None) -> np.ndarra
 
 # --------------------------------------------------------------------------- fitting
 def fit_run_weights(stack: OofStack, rows: np.ndarray) -> np.ndarray:
-    """Run weights (>= 0, sum 1) minimising the score of the blend on ``rows``: SLSQP on the simplex from equal
-    weights; weights under :data:`MIN_WEIGHT` become 0. Never worse on ``rows`` than equal weights."""
+    """Run weights (>= 0, sum 1) minimising the score of the blend on ``rows``.
+
+    The blend normalises per row over the runs predicting it, so weights compare only between runs that share
+    rows, and a run with a tiny weight still decides the rows only it predicts. The search is over log-weights
+    (L-BFGS-B from equal weights, every weight > 0, so no row loses its runs on the way); then each weight
+    under :data:`PRUNE_BELOW` is set to 0, smallest first, where that does not worsen the score. Never worse on
+    ``rows`` than equal weights."""
     from scipy.optimize import minimize
 
     n = len(stack.names)
@@ -214,18 +220,20 @@ def fit_run_weights(stack: OofStack, rows: np.ndarray) -> np.ndarray:
     scorer = Scorer(stack, rows)
 
     def loss(w):
-        w = np.clip(w, 0, None)
-        return scorer.objective(mix(stack, w / w.sum())[0]) if w.sum() > 0 else 1e6
+        return scorer.objective(mix(stack, w)[0])
 
-    result = minimize(loss, equal, method="SLSQP", bounds=[(0.0, 1.0)] * n,
-                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
-                      options={"maxiter": 200, "ftol": 1e-10})
-    w = np.clip(result.x, 0, None)
-    w[w < MIN_WEIGHT] = 0.0
-    if w.sum() <= 0:
-        return equal
-    w = w / w.sum()
-    return w if loss(w) <= loss(equal) else equal
+    result = minimize(lambda z: loss(np.exp(z - z.max())), np.zeros(n), method="L-BFGS-B",
+                      bounds=[(LOG_WEIGHT_MIN, 0.0)] * n)
+    w = np.exp(result.x - result.x.max())
+    w, best = w / w.sum(), loss(w)
+    for r in np.argsort(w):
+        if w[r] >= PRUNE_BELOW:
+            break
+        trial = w.copy()
+        trial[r] = 0.0
+        if loss(trial) <= best + 1e-9:
+            w, best = trial / trial.sum(), loss(trial)
+    return w if best <= loss(equal) else equal
 
 
 def fit_temperatures(stack: OofStack, weights: np.ndarray, rows: np.ndarray) -> dict[str, float]:
@@ -258,7 +266,7 @@ def fit_ensemble(stack: OofStack, rows: np.ndarray, fit_weights: bool = True, fi
     """Weights (or equal ones) and temperatures (or none) fitted on the ``rows`` mask only."""
     w = fit_run_weights(stack, rows) if fit_weights else np.full(len(stack.names), 1.0 / len(stack.names))
     temps = fit_temperatures(stack, w, rows) if fit_temperature else {}
-    return EnsembleWeights(runs={n: round(float(v), 6) for n, v in zip(stack.names, w)}, temperature=temps)
+    return EnsembleWeights(runs={n: float(f"{v:.6g}") for n, v in zip(stack.names, w)}, temperature=temps)
 
 
 def nested_fit(stack: OofStack, fit_weights: bool = True, fit_temperature: bool = True
@@ -389,11 +397,14 @@ def evaluate_runs(data_dir: str | Path, run_dirs: Sequence[str | Path], points: 
     which must not exist with other content unless ``overwrite``."""
     from rsna2024.baselines.compare import common_studies, load_labels_and_folds, read_run, study_of
     from rsna2024.baselines.prior import prior_oof
-    from rsna2024.classifiers.oof import score_oof
     from rsna2024.data.contract import labels_long
+    from rsna2024.metric import score, solution_from_long
 
     if points not in ("predicted", "true"):
         raise ValueError(f"points must be 'predicted' or 'true', got {points!r}")
+    if weights_out is not None and not (fit_weights or fit_temperature):
+        raise EvaluateError("a weights file is written only when something is fitted: add --fit-weights and/or "
+                            "--fit-temperature")
     names = [Path(d).name for d in run_dirs]
     if len(set(names)) != len(names):
         raise EvaluateError(f"run folders must have distinct names (the weights file names runs by folder): {names}")
@@ -419,7 +430,8 @@ def evaluate_runs(data_dir: str | Path, run_dirs: Sequence[str | Path], points: 
     prior = prior_oof(wide, folds)
     entries.append((PRIOR, "image-free prior", 0, prior[np.isin(study_of(prior["row_id"]), list(studies))]))
 
-    rows = [{"model": name, "kind": kind, "runs": n, **score_oof(table, wide), "studies": len(studies)}
+    solution = solution_from_long(long)
+    rows = [{"model": name, "kind": kind, "runs": n, **score(solution, table), "studies": len(studies)}
             for name, kind, n, table in entries]
     scores = pd.DataFrame(rows, columns=[c for c in SCORE_COLUMNS if c != "vs_prior"])
     scores["vs_prior"] = scores["total"] / scores["total"].iloc[-1]
@@ -428,8 +440,8 @@ def evaluate_runs(data_dir: str | Path, run_dirs: Sequence[str | Path], points: 
                         long, stack)
     if out_dir is not None:
         result.files = write_evaluation(result, Path(out_dir), points)
-        if fitted is not None:
-            result.files.append(write_weights(fitted, weights_out or Path(out_dir) / WEIGHTS_FILE, overwrite))
+    if fitted is not None and (weights_out is not None or out_dir is not None):
+        result.files.append(write_weights(fitted, weights_out or Path(out_dir) / WEIGHTS_FILE, overwrite))
     return result
 
 
