@@ -261,11 +261,17 @@ def test_cli_writes_weights_that_load(tmp_path, capsys):
 
     # other weights do not replace the file silently
     more = [*args, "--fit-temperature"]
+    (out / "evaluate_scores.csv").unlink()
     assert main(more) == 2
     assert "ensemble_weights.json exists with other weights; pass --overwrite" in capsys.readouterr().err
+    assert not (out / "evaluate_scores.csv").exists()  # refused before writing anything
     assert load_weights(out / "ensemble_weights.json") == weights
     assert main([*more, "--overwrite"]) == 0
     assert set(load_weights(out / "ensemble_weights.json").temperature) == set(CONDITIONS)
+    # without fitting: the earlier fit's tables go, the weights file stays
+    assert main(["evaluate", "--data", str(data), "--runs", *map(str, runs)]) == 0
+    assert not (out / "evaluate_fits.csv").exists() and not (out / "oof_ensemble_nested.csv").exists()
+    assert (out / "oof_ensemble.csv").is_file() and (out / "ensemble_weights.json").is_file()
     custom = tmp_path / "w" / "mine.json"
     assert main([*more, "--out", str(tmp_path / "o2"), "--weights-out", str(custom), "--points", "predicted"]) == 0
     assert load_weights(custom) == load_weights(out / "ensemble_weights.json")

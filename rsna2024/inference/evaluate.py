@@ -438,10 +438,15 @@ def evaluate_runs(data_dir: str | Path, run_dirs: Sequence[str | Path], points: 
     predictions = {name: table for name, _, _, table in entries}
     result = Evaluation(scores[list(SCORE_COLUMNS)], level_table(stack, predictions), fits, fitted, predictions,
                         long, stack)
+    weights_path = None
+    if fitted is not None and (weights_out is not None or out_dir is not None):
+        weights_path = Path(weights_out or Path(out_dir) / WEIGHTS_FILE)
+        check_weights_target(fitted, weights_path, overwrite)  # before anything is written
     if out_dir is not None:
         result.files = write_evaluation(result, Path(out_dir), points)
-    if fitted is not None and (weights_out is not None or out_dir is not None):
-        result.files.append(write_weights(fitted, weights_out or Path(out_dir) / WEIGHTS_FILE, overwrite))
+    if weights_path is not None:
+        result.files.append(save_weights(fitted, weights_path))
+        log.info("wrote %s", weights_path)
     return result
 
 
@@ -455,6 +460,12 @@ def write_evaluation(result: Evaluation, out_dir: Path, points: str) -> list[Pat
     tables = {SCORES: result.scores, LEVELS_TABLE: result.levels}
     if result.fits is not None:
         tables[FITS] = result.fits
+    stale = [out_dir / f"{FITS}{ext}" for ext in (".csv", ".md") if FITS not in tables]
+    stale += [out_dir / file for name, file in ENSEMBLE_FILES.items() if name not in result.predictions]
+    for path in stale:
+        if path.exists():
+            log.info("evaluate: removing %s of an earlier fit (nothing fitted this time)", path)
+            path.unlink()
     for stem, table in tables.items():
         files.append(atomic_to_csv(table, out_dir / f"{stem}.csv", float_format="%.6f"))
         files.append(atomic_write_text(out_dir / f"{stem}.md", f"OOF on {points} points\n\n" + format_markdown(table)))
@@ -464,11 +475,7 @@ def write_evaluation(result: Evaluation, out_dir: Path, points: str) -> list[Pat
     return files
 
 
-def write_weights(weights: EnsembleWeights, path: str | Path, overwrite: bool = False) -> Path:
-    """Write the weights file; an existing file with other content is replaced only with ``overwrite``."""
-    path = Path(path)
+def check_weights_target(weights: EnsembleWeights, path: Path, overwrite: bool = False) -> None:
+    """Refuse to replace a weights file holding other weights unless ``overwrite``."""
     if path.exists() and not overwrite and path.read_text() != weights.to_json() + "\n":
         raise FileExistsError(f"{path} exists with other weights; pass --overwrite (overwrite=True) to replace it")
-    save_weights(weights, path)
-    log.info("wrote %s", path)
-    return path
