@@ -3,6 +3,7 @@
 so that ``rsna2024 evaluate`` and the OOF notebook run without training."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,30 @@ def run_table(row_ids, probs: np.ndarray, model=None, other: np.ndarray | None =
     table.insert(0, "row_id", list(row_ids))
     table["source"] = np.where(model, "model", "prior")
     return table
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "oof_ensemble.ipynb"
+
+
+def run_oof_notebook(data: Path, runs: Path, monkeypatch) -> list[dict]:
+    """Execute ``notebooks/oof_ensemble.ipynb`` with nbclient on ``data`` and ``runs`` (through ``RSNA2024_DATA``
+    and ``RSNA2024_RUNS``, the checkout first on the kernel's path); returns the code cells' outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("RSNA2024_DATA", str(data))
+    monkeypatch.setenv("RSNA2024_RUNS", str(runs))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(NOTEBOOK.parents[1]), os.environ.get("PYTHONPATH", "")]))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+                   ).execute()
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+
+
+def notebook_text(outputs: list[dict]) -> str:
+    """The printed text and Markdown of notebook outputs."""
+    return "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+
+
+def notebook_images(outputs: list[dict]) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)

@@ -3,18 +3,21 @@ layout (split and global runs with OOF files, plus a keypoint run and a seed bas
 committed without outputs."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nbformat
 import numpy as np
 import pytest
-from oof_runs import calibrated, run_table, write_data, write_run
+from oof_runs import (
+    NOTEBOOK,
+    calibrated,
+    notebook_images,
+    notebook_text,
+    run_oof_notebook,
+    run_table,
+    write_data,
+    write_run,
+)
 
 from rsna2024.inference.evaluate import classifier_runs
-
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "oof_ensemble.ipynb"
 
 
 @pytest.fixture
@@ -48,22 +51,12 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
 
 
-def test_notebook_runs_top_to_bottom(demo_like, monkeypatch, tmp_path):
-    from nbclient import NotebookClient
-
+def test_notebook_runs_top_to_bottom(demo_like, monkeypatch):
     data, runs = demo_like
-    monkeypatch.setenv("RSNA2024_DATA", str(data))
-    monkeypatch.setenv("RSNA2024_RUNS", str(runs))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-                   ).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    text = notebook_text(outputs := run_oof_notebook(data, runs, monkeypatch))
     assert "runs: global, split_foraminal, split_spinal, split_subarticular" in text
     assert "s0_efficientnetv2_s" not in text and "keypoint" not in text
     assert "| ensemble (nested fit) | nested |" in text and "gain:" in text
     assert '"runs": {' in text  # the fitted weights file's content
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 4  # scores, fits, calibration, confusion matrices
+    assert notebook_images(outputs) == 4  # scores, fits, calibration, confusion matrices
     assert not (runs / "evaluate").exists()  # the notebook writes nothing
