@@ -226,6 +226,7 @@ def test_nested_score_is_not_optimistic(tmp_path):
     assert fits.loc["fold 1 (fit on the others)", "w:a"] > 0.9
     total = result.scores.set_index("model")["total"]
     assert total[NESTED] > total[EQUAL] + 0.5  # fitted elsewhere: the wrong run for each fold
+    assert "(no gain on held-out folds: prefer equal weights)" in result.format()
     assert total[IN_SAMPLE] <= total[EQUAL] + 1e-9  # fitted on every row: never worse than equal weights there
     # what fitting on each fold's own rows would report: far better than the nested score
     stack = result.stack

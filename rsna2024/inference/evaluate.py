@@ -380,8 +380,9 @@ class Evaluation:
         if self.fits is not None:
             parts.append("Fitted weights and temperatures\n\n" + format_markdown(self.fits))
             total = self.scores.set_index("model")["total"]
+            advice = "" if total[NESTED] < total[EQUAL] else " (no gain on held-out folds: prefer equal weights)"
             parts.append(f"nested fit: total {total[NESTED]:.4f} vs equal weights {total[EQUAL]:.4f} "
-                         f"(gain {total[EQUAL] - total[NESTED]:+.4f}); fitted on all folds, in-sample "
+                         f"(gain {total[EQUAL] - total[NESTED]:+.4f}){advice}; fitted on all folds, in-sample "
                          f"(optimistic): {total[IN_SAMPLE]:.4f}\n")
         return "\n".join(parts)
 
