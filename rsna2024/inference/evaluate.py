@@ -172,16 +172,13 @@ def mix(stack: OofStack, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs / probs.sum(axis=1, keepdims=True), covered
 
 
-def temperatures_per_row(stack: OofStack, temperature: Mapping[str, float]) -> np.ndarray:
-    return np.array([temperature.get(c, 1.0) for c in stack.condition], dtype=float)
-
-
 def blend_probs(stack: OofStack, weights: np.ndarray, temperature: Mapping[str, float] | None = None) -> np.ndarray:
     """The ensemble as an array (:func:`mix`, then the temperatures on the covered rows): the same numbers as
     :func:`ensemble_table`, fast."""
     probs, covered = mix(stack, weights)
     if temperature:
-        probs[covered] = temper(probs[covered], temperatures_per_row(stack, temperature)[covered])
+        t = np.array([temperature.get(c, 1.0) for c in stack.condition], dtype=float)
+        probs[covered] = temper(probs[covered], t[covered])
     return probs
 
 
@@ -194,12 +191,6 @@ def ensemble_table(stack: OofStack, weights: EnsembleWeights | None = None, rows
     out = stack.table(stack.fill, rows).set_index("row_id")
     out.loc[blended.index, list(PRED_COLUMNS)] = blended[list(PRED_COLUMNS)]
     return out.reset_index()
-
-
-def weight_vector(stack: OofStack, weights: EnsembleWeights | None) -> np.ndarray:
-    if weights is None or not weights.runs:
-        return np.ones(len(stack.names))
-    return np.array([weights.weight(n) for n in stack.names])
 
 
 # --------------------------------------------------------------------------- fitting
