@@ -31,6 +31,7 @@ setup(
         "albumentations>=1.3",
         "joblib>=1.3",
         "scikit-learn>=1.3",
+        "scipy>=1.9",
         "matplotlib>=3.7",
         "pillow>=9.2",  # PIL: the phantom preview and the study report draw with it
         "tqdm>=4.60",

@@ -363,6 +363,43 @@ def _run_compare(args):
     print(f"table and confusion matrices written to {out} ({CSV_FILE}, ...)")
 
 
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="OOF tables of classifier runs per condition group and level, of their "
+                       "ensemble and of the prior; optionally ensemble weights and per-condition temperatures fitted "
+                       "with a nested split, written as the weights file `predict --weights` reads")
+    p.add_argument("--data", type=existing_dir, required=True, help="data folder whose train.csv holds the labels")
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders (runs/<experiment>) holding config.yaml and OOF files; the weights file names "
+                        "them by folder name")
+    p.add_argument("--folds", type=existing_file, default=None, help="default: <data>/folds.csv")
+    p.add_argument("--points", choices=["predicted", "true"], default="predicted",
+                   help="which OOF files: on stage 1's predicted points (oof.csv) or the true ones")
+    p.add_argument("--fit-weights", action="store_true",
+                   help="fit one weight >= 0 per run (summing to 1) minimising the score")
+    p.add_argument("--fit-temperature", action="store_true",
+                   help="fit one temperature per condition (p ** (1/T), renormalised) minimising the score")
+    p.add_argument("--out", type=writable_dir, default=None,
+                   help="folder for the tables (default: <first run's parent>/evaluate)")
+    p.add_argument("--weights-out", type=writable_file, default=None,
+                   help="the weights file fitted on all folds (default: <out>/ensemble_weights.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace a weights file holding other weights")
+    return p
+
+
+def _run_evaluate(args):
+    from rsna2024.inference.evaluate import evaluate_runs
+
+    out = args.out if args.out is not None else args.runs[0].absolute().parent / "evaluate"
+    result = evaluate_runs(args.data, args.runs, points=args.points, fit_weights=args.fit_weights,
+                           fit_temperature=args.fit_temperature, out_dir=out, weights_out=args.weights_out,
+                           folds_file=args.folds, overwrite=args.overwrite)
+    print(result.format(), end="")
+    print(f"tables written to {out}")
+    if result.weights is not None:
+        print(f"weights file (for predict --weights): {result.files[-1]}")
+
+
 # --------------------------------------------------------------------------- run
 def _add_run(sub):
     from rsna2024.training.runner import add_run_arguments
@@ -396,6 +433,7 @@ COMMANDS = {
     "keypoint-report": (_add_keypoint_report, _run_keypoint_report),
     "report": (_add_report, _run_report),
     "compare": (_add_compare, _run_compare),
+    "evaluate": (_add_evaluate, _run_evaluate),
     "run": (_add_run, _run_run),
 }
 

@@ -138,6 +138,27 @@ def test_demo_killed_in_a_classifier_fold_resumes_to_the_same_table(demo):
     assert (again / "oof_scores.csv").read_text() == (runs / "oof_scores.csv").read_text()
 
 
+def test_evaluate_and_the_oof_notebook_on_the_demo_runs(demo, tmp_path, monkeypatch):
+    """``rsna2024 evaluate`` with both fits, and ``notebooks/oof_ensemble.ipynb``, on the demo's classifier runs."""
+    from oof_runs import notebook_images, notebook_text, run_oof_notebook
+
+    from rsna2024.cli import main
+    from rsna2024.inference.ensemble import load_weights
+    from rsna2024.inference.evaluate import classifier_runs
+
+    root, _ = demo
+    runs = classifier_runs(root / "runs")
+    assert {r.name for r in runs} == {e.name for e in _demo_plan().experiments if e.kind == "classifier"}
+    out = tmp_path / "evaluate"
+    assert main(["evaluate", "--data", str(root / "phantom"), "--runs", *map(str, runs), "--fit-weights",
+                 "--fit-temperature", "--out", str(out)]) == 0
+    assert set(load_weights(out / "ensemble_weights.json").runs) == {r.name for r in runs}
+    table = pd.read_csv(out / "evaluate_scores.csv")
+    assert table["total"].notna().all() and (table["studies"] == 10).all()
+    outputs = run_oof_notebook(root / "phantom", root / "runs", monkeypatch)
+    assert "nested fit" in notebook_text(outputs) and notebook_images(outputs) == 4
+
+
 def test_main_without_data_says_what_to_do(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "main.py"), "--data", str(tmp_path / "nothing")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -88,6 +88,35 @@ def study_of(row_ids: pd.Series) -> np.ndarray:
     return row_ids.astype(str).str.split("_", n=1).str[0].astype(np.int64).to_numpy()
 
 
+def load_labels_and_folds(data_dir: str | Path, folds_file: str | Path | None = None
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``train.csv`` (wide) of ``data_dir`` and the folds of ``folds_file`` (default ``<data_dir>/folds.csv``),
+    checked to hold the same studies."""
+    from rsna2024.data.contract import load_labels_wide
+    from rsna2024.data.folds import load_folds
+
+    wide = load_labels_wide(data_dir)
+    folds_file = Path(folds_file) if folds_file is not None else Path(data_dir) / "folds.csv"
+    if not folds_file.is_file():
+        raise CompareError(f"no folds file {folds_file}: run `rsna2024 folds --data {data_dir}` first")
+    return wide, load_folds(folds_file, study_ids=wide["study_id"])
+
+
+def common_studies(wide: pd.DataFrame, folds: pd.DataFrame, oofs: dict[str, pd.DataFrame]) -> set[int]:
+    """The studies of ``folds`` and the labels that every OOF table (run name -> table) covers; a warning names
+    each run covering fewer. Raises CompareError when none is left."""
+    studies = set(folds["study_id"].astype(int)) & set(wide["study_id"].astype(int))
+    for name, oof in oofs.items():
+        covered = set(study_of(oof["row_id"]))
+        if studies - covered:
+            log.warning("%s covers %d of %d studies; the table is narrowed to the studies every run covers",
+                        name, len(studies & covered), len(studies))
+        studies &= covered
+    if not studies:
+        raise CompareError("the runs have no study in common with the folds and labels")
+    return studies
+
+
 # --------------------------------------------------------------------------- metrics
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Accuracy, macro F1 (classes present in either) and the 3 x 3 confusion matrix (true down, predicted across)."""
@@ -115,15 +144,9 @@ def evaluate(oof: pd.DataFrame, long: pd.DataFrame) -> tuple[dict, np.ndarray]:
             "studies": int(long["study_id"].nunique())}, matrix
 
 
-def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
-    """The confusion matrix as a PNG: counts, shaded by the share of each true class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_confusion(ax, matrix: np.ndarray, title: str) -> None:
+    """Draw a 3 x 3 confusion matrix on a matplotlib axis: counts, shaded by the share of each true class."""
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(3):
         for j in range(3):
@@ -133,6 +156,17 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
     ax.set_xlabel("predicted (argmax)")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
+    """The confusion matrix as a PNG (:func:`draw_confusion`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    draw_confusion(ax, matrix, title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
@@ -147,30 +181,16 @@ def compare_runs(data_dir: str | Path, run_dirs: Sequence[str | Path], out_dir: 
     ``data_dir``, on the folds of ``folds_file`` (default ``<data_dir>/folds.csv``). With ``out_dir``, writes
     ``compare.csv``, ``compare.md`` and ``confusion_<model>.png`` there (replacing an earlier table)."""
     from rsna2024.baselines.prior import prior_oof
-    from rsna2024.data.contract import labels_long, load_labels_wide
-    from rsna2024.data.folds import load_folds
+    from rsna2024.data.contract import labels_long
 
     if points not in ("predicted", "true"):
         raise ValueError(f"points must be 'predicted' or 'true', got {points!r}")
-    wide = load_labels_wide(data_dir)
-    folds_file = Path(folds_file) if folds_file is not None else Path(data_dir) / "folds.csv"
-    if not folds_file.is_file():
-        raise CompareError(f"no folds file {folds_file}: run `rsna2024 folds --data {data_dir}` first")
-    folds = load_folds(folds_file, study_ids=wide["study_id"])
+    wide, folds = load_labels_and_folds(data_dir, folds_file)
     runs = [read_run(d, points) for d in run_dirs]
     names = [n for n, _, _ in runs]
     if len(set(names)) != len(names):
         raise CompareError(f"two run folders hold the same experiment name: {names}")
-
-    studies = set(folds["study_id"].astype(int)) & set(wide["study_id"].astype(int))
-    for name, _, oof in runs:
-        covered = set(study_of(oof["row_id"]))
-        if studies - covered:
-            log.warning("compare: %s covers %d of %d studies; the table is narrowed to the studies every run covers",
-                        name, len(studies & covered), len(studies))
-        studies &= covered
-    if not studies:
-        raise CompareError("the runs have no study in common with the folds and labels")
+    studies = common_studies(wide, folds, {name: oof for name, _, oof in runs})
 
     def restrict(table: pd.DataFrame) -> pd.DataFrame:
         return table[np.isin(study_of(table["row_id"]), list(studies))].reset_index(drop=True)

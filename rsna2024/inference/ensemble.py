@@ -103,15 +103,22 @@ def condition_of(row_ids: pd.Series) -> pd.Series:
     return row_ids.str.split("_", n=1).str[1].str.rsplit("_", n=2).str[0]
 
 
+def temper(probs: np.ndarray, t) -> np.ndarray:
+    """``p ** (1 / t)`` of an (n, 3) array, rows renormalised; ``t`` a number or one per row. T > 1 flattens
+    the rows (less confident), T < 1 sharpens them."""
+    t = np.asarray(t, dtype=float)
+    p = np.clip(np.asarray(probs, dtype=float), 1e-15, 1.0) ** (1.0 / (t[:, None] if t.ndim else t))
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def apply_temperature(table: pd.DataFrame, temperature: Mapping[str, float]) -> pd.DataFrame:
-    """Per condition ``p ** (1 / T)``, rows renormalised; other columns kept."""
+    """Per condition ``p ** (1 / T)`` (:func:`temper`), rows renormalised; other columns kept."""
     out = table.copy()
     if not temperature:
         return out
     cols = list(PRED_COLUMNS)
     t = condition_of(out["row_id"]).map(lambda c: temperature.get(c, 1.0)).to_numpy(float)
-    p = np.clip(out[cols].to_numpy(float), 1e-15, 1.0) ** (1.0 / t[:, None])
-    out[cols] = p / p.sum(axis=1, keepdims=True)
+    out[cols] = temper(out[cols].to_numpy(float), t)
     return out
 
 
