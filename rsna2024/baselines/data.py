@@ -33,9 +33,9 @@ from rsna2024.classifiers.dataset import SeriesStore
 from rsna2024.classifiers.samples import MM_COLUMNS
 from rsna2024.constants import CONDITIONS, LEVELS, PRED_COLUMNS, SAGITTAL_T1, SAGITTAL_T2
 from rsna2024.dicom.geometry import middle_slice_index
+from rsna2024.training.losses import IGNORE_INDEX
 
 ImageRule = Literal["point", "sagittal_t1"]
-IGNORE_INDEX = -100
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LEVEL_INDEX = {lv: i for i, lv in enumerate(LEVELS)}

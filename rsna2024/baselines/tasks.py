@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 # ``rsna2024.classifiers.oof`` imports the prior from this package: take the module, read its names at call time.
-from rsna2024.baselines.data import IGNORE_INDEX, ImageRule, ImageSettings, StudyDataset, TargetDataset
+from rsna2024.baselines.data import ImageRule, ImageSettings, StudyDataset, TargetDataset
 from rsna2024.classifiers import oof as stage_oof
 from rsna2024.constants import CLASS_WEIGHTS, CONDITIONS
 from rsna2024.errors import ConfigError
+from rsna2024.training.losses import severity_loss
 from rsna2024.training.task import FoldContext, Task, register_task
 from rsna2024.utils.io import atomic_to_csv
 from rsna2024.utils.logging import get_logger
@@ -174,12 +175,7 @@ class BaselineTask(Task):
 
     # ----------------------------------------------------------------- steps
     def loss(self, outputs, batch) -> torch.Tensor:
-        logits = outputs.float().reshape(-1, 3)
-        target = batch["target"].reshape(-1)
-        if not (target != IGNORE_INDEX).any():  # a validation batch without any label
-            return logits.sum() * 0.0
-        weight = torch.as_tensor(self.data.class_weights, dtype=logits.dtype, device=logits.device)
-        return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+        return severity_loss(outputs, batch["target"], self.data.class_weights)
 
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
         return {"probs": F.softmax(outputs.float().reshape(outputs.shape[0], -1, 3), dim=-1)}

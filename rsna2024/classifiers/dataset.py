@@ -21,8 +21,7 @@ from rsna2024.classifiers.roi import SPINAL, RoiConfig, axial_region, condition_
 from rsna2024.classifiers.samples import MM_COLUMNS, has_point
 from rsna2024.constants import AXIAL_T2, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.dicom.series import Series
-
-IGNORE_INDEX = -100
+from rsna2024.training.losses import IGNORE_INDEX
 
 
 class SeriesStore:

@@ -33,9 +33,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from rsna2024.classifiers.dataset import IGNORE_INDEX, RoiDataset, SeriesStore, region_count
+from rsna2024.classifiers.dataset import RoiDataset, SeriesStore, region_count
 from rsna2024.classifiers.models import class_logits, class_probabilities
 from rsna2024.classifiers.oof import assemble_oof, fold_prior, merge_folds, oof_name, score_oof
 from rsna2024.classifiers.roi import SPINAL, RoiConfig
@@ -44,6 +43,7 @@ from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS, LEVE
 from rsna2024.data.contract import COORDINATES_FILE, load_labels_wide
 from rsna2024.errors import ConfigError
 from rsna2024.metric import SCORE_KEYS
+from rsna2024.training.losses import severity_loss
 from rsna2024.training.task import FoldContext, Task, register_task
 from rsna2024.utils.io import atomic_to_csv
 from rsna2024.utils.logging import get_logger
@@ -187,12 +187,7 @@ class RoiTask(Task):
         return model(batch["image"], batch["level"] if self.data.prior_logits else None)
 
     def loss(self, outputs, batch) -> torch.Tensor:
-        logits = class_logits(outputs).float().reshape(-1, 3)
-        target = batch["target"].reshape(-1)
-        if not (target != IGNORE_INDEX).any():  # a validation batch without any label
-            return logits.sum() * 0.0
-        weight = torch.as_tensor(self.data.class_weights, dtype=logits.dtype, device=logits.device)
-        return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+        return severity_loss(class_logits(outputs), batch["target"], self.data.class_weights)
 
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
         return {"probs": class_probabilities(outputs)}
