@@ -89,6 +89,16 @@ def level_spacing(level_points: Mapping[str, np.ndarray], levels: Sequence[str] 
     return float(np.clip(np.median(steps), lo, hi))
 
 
+def _plane_heights(series: Series, points: np.ndarray) -> np.ndarray:
+    """(S,) height (mm, towards the head) at which each slice plane crosses the vertical line through the mean
+    of the finite ``points``: tilted planes are compared where the spine is, not at their image centres."""
+    up = lps_oriented_normal(series)
+    finite = np.isfinite(points).all(axis=1)
+    centre = points[finite].mean(axis=0) if finite.any() else series.centers.mean(axis=0)
+    _, _, z = series.plane_coordinates(centre)
+    return centre @ up - z / (series.normals @ up)
+
+
 def _series_assignment(series: Series, points: np.ndarray, max_distance_mm: float, spacing: float,
                        ) -> tuple[dict[int, LevelSlice], np.ndarray]:
     """Level position -> its :class:`LevelSlice` in one series (``series`` field 0), by the rules of the module
@@ -96,7 +106,7 @@ def _series_assignment(series: Series, points: np.ndarray, max_distance_mm: floa
     inferior, NaN where a level has no point."""
     blocks = axial_blocks(series)
     block_of = np.concatenate([np.full(len(b), k) for k, b in enumerate(blocks)])
-    height = series.centers @ lps_oriented_normal(series)  # along the spine, towards the head
+    height = _plane_heights(series, points)
     one_level = np.array([np.ptp(height[b]) for b in blocks]) < ONE_LEVEL_EXTENT * spacing
     gate = np.where(one_level[block_of], BLOCK_REACH * spacing, max(max_distance_mm, spacing / 2))  # per slice
     n_levels, n_slices = len(points), len(height)
