@@ -13,8 +13,9 @@ slice, jointly for all levels of a series (a small dynamic programme over its sl
 - a short block (thinner than the level spacing: one disc's stack) holds at most one level, and a level may
   take a block up to 1.5 level spacings from its point; a slice of a long block (a continuous stack) only within
   ``max_distance_mm`` or half a level spacing, whichever is larger;
-- as many levels as possible get a slice (leaving a level out costs two level spacings), then the sum of the
-  distances from each point to its slice's plane (counted up to one level spacing) is least.
+- a slice costs the distance from the level point to its plane (counted up to one level spacing), leaving a
+  level out costs two level spacings, and the assignment of least total cost is taken: a level goes without a
+  slice only where the order leaves none within its reach.
 
 In a per-disc series this is the assignment of blocks to levels in spine order: a shared offset of the points
 (of up to about half a level spacing, more with every block present) does not move a level off its own block, a
@@ -96,7 +97,9 @@ def _plane_heights(series: Series, points: np.ndarray) -> np.ndarray:
     finite = np.isfinite(points).all(axis=1)
     centre = points[finite].mean(axis=0) if finite.any() else series.centers.mean(axis=0)
     _, _, z = series.plane_coordinates(centre)
-    return centre @ up - z / (series.normals @ up)
+    rise = series.normals @ up
+    steep = np.abs(rise) < 0.2  # a plane within 80 degrees of vertical (no axial slice): its image centre's height
+    return np.where(steep, series.centers @ up, centre @ up - z / np.where(steep, 1.0, rise))
 
 
 def _series_assignment(series: Series, points: np.ndarray, max_distance_mm: float, spacing: float,
