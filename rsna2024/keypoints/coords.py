@@ -10,7 +10,8 @@ its cause is logged as a warning naming the study.
   series' nearest slice (its InstanceNumber and stored x, y); ``fold`` is -1 and ``confidence`` the mean.
 
 A run whose ``data.slice_search_mm`` is above 0 predicts each point on every slice within that distance of its
-usual centre slice (sagittal: along the normal; axial: of the level point) and keeps the surest.
+usual centre slice (sagittal: along the normal; axial: along it within the level's block, never past a neighbouring
+level's slice) and keeps the surest.
 
 Sagittal T2 runs first: its predicted spinal points choose the axial slice of each level for the axial model.
 """

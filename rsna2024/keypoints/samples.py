@@ -6,8 +6,10 @@ Three kinds, one per series type (recipe, kit-guide section 2):
 - Sagittal T2/STIR: ``n`` slices around the middle of the stack; 5 maps, the spinal canal point per level.
 - Sagittal T1: per side, ``n`` slices around the slice ``offset_mm`` towards that side of the middle; 5 maps,
   the foraminal point of that side per level (a left sample never holds right targets).
-- Axial T2: per level, ``n`` slices around the axial slice nearest the level's Sagittal T2 spinal point
-  (true points for training, predicted ones at inference); 2 maps, the left and right subarticular points.
+- Axial T2: per level, ``n`` slices around the axial slice that :func:`rsna2024.dicom.levels.level_slices` gives
+  the level from the Sagittal T2 spinal points (true points for training, predicted ones at inference: axial
+  blocks assigned to the levels in spine order, the slice nearest the point within its block); 2 maps, the left
+  and right subarticular points.
 
 Label rows (stored grid, train_label_coordinates.csv) become patient points through ``Series.to_patient``
 and then canonical pixels of the centre slice through ``Series.plane_coordinates``: the point is projected
@@ -22,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from rsna2024.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
-from rsna2024.dicom.geometry import middle_slice_index, nearest_axial_slice, slice_window, slices_at_offsets
+from rsna2024.dicom.geometry import middle_slice_index, slice_window, slices_at_offsets
+from rsna2024.dicom.levels import level_slices
 from rsna2024.dicom.series import Series
 
 SPINAL = "spinal_canal_stenosis"
@@ -105,42 +108,34 @@ def sagt1_samples(series: Series, n_slices: int = 3, offset_mm: float = 16.8,
 def axial_samples(axials: Sequence[Series], level_points: Mapping[str, np.ndarray], n_slices: int = 3,
                   max_distance_mm: float = 5.0, points_mm: Mapping | None = None, search_mm: float = 0.0,
                   ) -> tuple[list[Sample], dict[str, str]]:
-    """Per level of ``level_points`` (level -> LPS point, e.g. the Sag T2 spinal point) the axial sample
-    around the slice nearest that point over all ``axials``; and level -> reason for each level without one.
+    """Per level of ``level_points`` (level -> LPS point, e.g. the Sag T2 spinal point) the axial sample around
+    the level's slice over all ``axials`` (:func:`rsna2024.dicom.levels.level_slices`: blocks assigned to levels
+    in spine order); and level -> reason for each level without one.
 
-    ``search_mm`` > 0 (inference): instead, one candidate sample per axial slice whose plane lies within that
-    distance of the point (and whose image contains it); the caller keeps the one the model is surest of.
+    ``search_mm`` > 0 (inference): instead, one candidate sample per slice of the level's block that lies within
+    that distance of its slice (along the slice normal) and does not pass a neighbouring level's slice; the caller
+    keeps the one the model is surest of.
     """
-    samples, missing = [], {}
+    found, missing = level_slices(axials, level_points, LEVELS, max_distance_mm)
+    samples = []
     for level in LEVELS:
         point = level_points.get(level)
         if point is None or not np.isfinite(point).all():
             missing[level] = "no Sagittal T2 level point"
             continue
-        targets = [(c, level) for c in SUBARTICULAR]
-        if search_mm > 0:
-            found = [_sample(s, f"axial:{level}", i, n_slices, targets, points_mm or {}, d)
-                     for s in axials for i, d in _slices_near(s, point, search_mm)]
-            if found:
-                samples.extend(found)
-            else:
-                missing[level] = f"no axial slice within {search_mm:g} mm of the level point"
-            continue
-        hit = nearest_axial_slice(axials, point, max_distance_mm=max_distance_mm)
+        hit = found.get(level)
         if hit is None:
-            missing[level] = f"no axial slice within {max_distance_mm:g} mm of the level point"
             continue
-        s_idx, centre, dist = hit
-        samples.append(_sample(axials[s_idx], f"axial:{level}", centre, n_slices, targets, points_mm or {}, dist))
-    return samples, missing
-
-
-def _slices_near(series: Series, point, distance_mm: float) -> list[tuple[int, float]]:
-    """(canonical slice index, distance mm) of the slices whose plane lies within ``distance_mm`` of ``point``
-    and whose image contains its projection."""
-    x, y, z = series.plane_coordinates(point)
-    ok = (np.abs(z) <= distance_mm) & series.contains(x, y)
-    return [(int(i), float(abs(z[i]))) for i in np.flatnonzero(ok)]
+        series = axials[hit.series]
+        targets = [(c, level) for c in SUBARTICULAR]
+        centres = [hit.index]
+        if search_mm > 0:
+            along = (series.centers[list(hit.window)] - series.centers[hit.index]) @ series.normals[hit.index]
+            centres = [i for i, d in zip(hit.window, along) if abs(d) <= search_mm]
+        _, _, z = series.plane_coordinates(point)
+        samples.extend(_sample(series, f"axial:{level}", i, n_slices, targets, points_mm or {}, abs(z[i]))
+                       for i in centres)
+    return samples, {lv: missing[lv] for lv in LEVELS if lv in missing}
 
 
 def neighbour_samples(series: Series, sample: Sample, search_mm: float) -> list[Sample]:

@@ -39,8 +39,10 @@ class KeypointData:
     sigma: float = 10.0  # Gaussian sigma of the targets, px on the input grid
     peak_weight: float = 0.0  # loss weight 1 + peak_weight * target per pixel (0: plain MSE, as the recipe)
     offset_mm: float = 16.8  # Sagittal T1: centre slices this far left and right of the middle
-    max_distance_mm: float = 5.0  # Axial: farthest level point from the chosen axial slice
-    slice_search_mm: float = 0.0  # inference (coords): try every slice within this distance, keep the surest
+    max_distance_mm: float = 5.0  # Axial: farthest level point from a continuous stack's slice (at least half a
+    # level spacing; per-disc blocks are assigned in spine order, see rsna2024.dicom.levels)
+    slice_search_mm: float = 0.0  # inference (coords): try every slice within this distance (axial: inside the
+    # level's block), keep the surest
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
