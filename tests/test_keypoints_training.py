@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rsna2024.cli import main as cli_main
-from rsna2024.constants import CONDITION_NAMES, CONDITION_SERIES, CONDITIONS
+from rsna2024.constants import AXIAL_T2, CONDITION_NAMES, CONDITION_SERIES, CONDITIONS
 from rsna2024.data.folds import assign_folds
 from rsna2024.errors import ConfigError
 from rsna2024.keypoints.coords import predict_coordinates
@@ -215,3 +215,19 @@ def test_keypoint_report_writes_its_tables(runs, phantom_dir, phantom_cache, fol
     assert perfect["points"]["error_mm"].max() < 1e-6
     assert (perfect["axial_slices"]["within_one_slice"] == 1.0).all()
     assert len(points) == len(truth)
+
+
+def test_axial_slice_share_needs_every_side_within_one_slice():
+    from rsna2024.keypoints.report import axial_slice_table
+
+    rows = [  # study 1: both sides within one; study 2: right two slices off; study 3: left unpredicted
+        (1, "Left Subarticular Stenosis", 0, 5), (1, "Right Subarticular Stenosis", 1, 6),
+        (2, "Left Subarticular Stenosis", 0, 5), (2, "Right Subarticular Stenosis", 2, 7),
+        (3, "Left Subarticular Stenosis", np.nan, -1), (3, "Right Subarticular Stenosis", 0, 4),
+    ]
+    errors = pd.DataFrame([{"study_id": s, "condition": c, "level": "L4/L5", "series_type": AXIAL_T2,
+                            "slice_diff": d, "pred_slice": p} for s, c, d, p in rows])
+    table = axial_slice_table(errors).set_index("level")
+    assert table.loc["l4_l5", "levels"] == 3
+    assert table.loc["l4_l5", "within_one_slice"] == pytest.approx(1 / 3)
+    assert table.loc["all", "unpredicted"] == 0  # study 3 still predicted its right side

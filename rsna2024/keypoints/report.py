@@ -88,11 +88,13 @@ def error_table(errors: pd.DataFrame) -> pd.DataFrame:
 
 
 def axial_slice_table(errors: pd.DataFrame) -> pd.DataFrame:
-    """Per level: of the (study, level) pairs with a true axial point, the share whose chosen axial slice lies
-    within one slice of a true point's slice (same series), and how many had no prediction."""
+    """Per level: of the (study, level) pairs with a true axial point, the share whose chosen axial slices lie
+    within one slice of the true points' slices (same series) for EVERY side with a true point (a side without
+    a prediction is a miss: the left and right points may choose different slices, and a level is right only
+    when both are), and how many had no prediction at all."""
     ax = errors[errors["series_type"] == AXIAL_T2].assign(level_key=errors["level"].map(LEVEL_FROM_NAME))
-    per = ax.groupby(["study_id", "level_key"]).agg(best=("slice_diff", "min"), predicted=("pred_slice", "max"))
-    per["within_one"] = per["best"] <= 1
+    ax = ax.assign(side_ok=ax["slice_diff"].le(1))  # NaN (no prediction or another series) is False
+    per = ax.groupby(["study_id", "level_key"]).agg(within_one=("side_ok", "all"), predicted=("pred_slice", "max"))
     rows = []
     for level in (*LEVELS, "all"):
         sub = per if level == "all" else per[per.index.get_level_values("level_key") == level]
