@@ -231,3 +231,24 @@ def test_axial_slice_share_needs_every_side_within_one_slice():
     assert table.loc["l4_l5", "levels"] == 3
     assert table.loc["l4_l5", "within_one_slice"] == pytest.approx(1 / 3)
     assert table.loc["all", "unpredicted"] == 0  # study 3 still predicted its right side
+
+
+def test_axial_sides_of_a_level_share_the_slice_with_the_highest_summed_confidence():
+    from rsna2024.keypoints.coords import CoordinatePredictor
+    from rsna2024.keypoints.predict import POINT_COLUMNS
+
+    def row(condition, slice_index, confidence):
+        return {**dict.fromkeys(POINT_COLUMNS, 0.0), "study_id": 1, "series_id": 7, "level": "L4/L5",
+                "condition": condition, "slice_index": slice_index, "confidence": confidence, "fold": 0}
+
+    # slice 3: left 0.6 + right 0.1 = 0.7; slice 4: left 0.5 + right 0.9 = 1.4 -> both sides on slice 4,
+    # though the left side alone would prefer slice 3
+    table = pd.DataFrame([row("Left Subarticular Stenosis", 3, 0.6), row("Right Subarticular Stenosis", 3, 0.1),
+                          row("Left Subarticular Stenosis", 4, 0.5), row("Right Subarticular Stenosis", 4, 0.9)])
+    predictor = CoordinatePredictor.__new__(CoordinatePredictor)
+    predictor.study_folds = {1: 0}
+    shared = predictor._combine(table, one_slice_per_level=True)
+    assert sorted(shared["slice_index"]) == [4, 4] and len(shared) == 2
+    separate = predictor._combine(table)
+    assert dict(zip(separate["condition"], separate["slice_index"])) == {
+        "Left Subarticular Stenosis": 3, "Right Subarticular Stenosis": 4}

@@ -122,10 +122,11 @@ class CoordinatePredictor:
             return pd.DataFrame(columns=POINT_COLUMNS + ["fold"])
         return pd.concat(tables, ignore_index=True)
 
-    def _combine(self, table: pd.DataFrame) -> pd.DataFrame:
+    def _combine(self, table: pd.DataFrame, one_slice_per_level: bool = False) -> pd.DataFrame:
         """One row per (study, condition, level): on the test split the fold models' points averaged in mm per
         candidate slice and projected onto the series' nearest slice; then, where a slice search gave several
-        candidates, the surest one (highest confidence)."""
+        candidates, the surest one (highest confidence). ``one_slice_per_level`` (axial): the level's conditions
+        share one slice, the candidate with the highest summed confidence over them."""
         if table.empty:
             return table
         if self.study_folds is None:
@@ -138,6 +139,11 @@ class CoordinatePredictor:
             table["instance_number"] = [p.instance_number for p in projected]
             table["x"] = [p.x for p in projected]
             table["y"] = [p.y for p in projected]
+        if one_slice_per_level:
+            where = ["study_id", "level", "series_id", "slice_index"]
+            table = table.assign(_sum=table.groupby(where)["confidence"].transform("sum"))
+            chosen = table.loc[table.groupby(["study_id", "level"])["_sum"].idxmax(), where]
+            table = table.merge(chosen, on=where).drop(columns="_sum")
         best = table.groupby(["study_id", "condition", "level"])["confidence"].idxmax()
         return table.loc[best].reset_index(drop=True)
 
@@ -172,7 +178,7 @@ class CoordinatePredictor:
     def run_task(self, kind: str, study_ids: Sequence[int]) -> None:
         """Predict ``kind``'s points of every study and keep the rows (Sag T2 also keeps the level points)."""
         samples = [s for sid in study_ids for s in self._study_samples(kind, sid)]
-        table = self._combine(self._predict(self.runs[kind], samples))
+        table = self._combine(self._predict(self.runs[kind], samples), one_slice_per_level=kind == "axial")
         if kind == "sagt2":
             for r in table.itertuples(index=False):
                 self.level_points.setdefault(int(r.study_id), {})[LEVEL_FROM_NAME[r.level]] = \
