@@ -225,7 +225,7 @@ def test_demo_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path, ex
         live.wait()
     concurrent.unlink()
     assert not any(p.exists() for p in [*planted, *leftovers]), "a stale temporary survived the restart"
-    assert _temporaries(killed) == []
+    assert _temporaries(killed) == [] and not (killed / "data" / ".phantom-incomplete").exists()
     compared = check_against(whole, killed, final=True)
     print(f"uninterrupted {duration:.1f} s (data ready at {plan_at:.1f} s), kill moments "
           f"{', '.join(f'{m:.1f}' for m in moments)} s; " + "; ".join(report) +
