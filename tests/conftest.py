@@ -44,3 +44,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (a killed writer's)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def stale_temporary(folder: Path, name: str, pid: int, age_s: float = 3600.0) -> Path:
+    """A temporary of the atomic writers beside ``folder/name`` as process ``pid`` of this host left it ``age_s``
+    seconds ago (half written)."""
+    import os
+    import time
+
+    from rsna2024.utils.io import TEMP_PATTERN, _temp_prefix
+
+    path = folder / (_temp_prefix(name).replace(f".{os.getpid()}.", f".{pid}.") + "abcd1234.tmp")
+    assert TEMP_PATTERN.match(path.name), path.name
+    path.write_bytes(b"half")
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path

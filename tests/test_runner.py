@@ -200,6 +200,55 @@ def test_serial_jobs_run_in_process_and_checks_skip_or_block():
     assert "ValueError: bad input" in results["d"].message and "folds 3, 4" in results["f"].message
 
 
+def test_before_runs_ahead_of_its_job_only_and_a_failing_one_fails_it(tmp_path):
+    ran = []
+
+    def broken():
+        raise OSError("disk full")
+
+    jobs = [Job("a", call=lambda: ran.append("a"), before=lambda: ran.append("before a")),
+            Job("b", check=lambda: "finished earlier", before=lambda: ran.append("before b")),
+            Job("c", call=lambda: ran.append("c"), before=broken), Job("d", deps=["c"], call=lambda: ran.append("d"))]
+    results = run_jobs(jobs)
+    assert ran == ["before a", "a"]
+    assert {n: r.status for n, r in results.items()} == {"a": "done", "b": "skipped", "c": "failed", "d": "blocked"}
+    assert "OSError: disk full" in results["c"].message
+    # on a GPU slot it runs in this process before the command starts
+    mark = tmp_path / "before"
+    code = f"import pathlib, sys; sys.exit(0 if pathlib.Path({str(mark)!r}).exists() else 3)"
+    results = run_jobs([Job("g", command=[sys.executable, "-c", code], before=mark.touch)], slots=["0"], poll_s=0.02)
+    assert results["g"].status == "done"
+
+
+def test_coordinates_cut_off_by_a_kill_are_predicted_again(tmp_path, caplog):
+    """Until its inputs are recorded, a coordinates file counts as unfinished: a kill between writing the file and
+    recording them makes the next run predict it again rather than keep it as a file of unknown origin."""
+    from types import SimpleNamespace
+
+    from rsna2024.training.runner import PENDING, FoldJobs, RunOptions
+
+    runs = tmp_path / "runs"
+    plan = plan_experiments([exp("kp", "keypoint_sagt2"), exp("cls", "split_spinal")])
+    builder = FoldJobs(plan, {"kp": SimpleNamespace(folds=2), "cls": SimpleNamespace(folds=2)},
+                       RunOptions(data=tmp_path / "data", runs=runs), [0, 1], 2)
+    job = next(j for j in builder.jobs() if j.name == builder.coords_job("train"))
+    with pytest.raises(Blocked, match="not finished: kp fold"):
+        job.check()
+    for k in (0, 1):
+        (runs / "kp").mkdir(parents=True, exist_ok=True)
+        (runs / "kp" / f"fold{k}_done.json").write_text(json.dumps({"fold": k}))
+    out, sidecar = runs / "coords_oof.csv", runs / "coords_oof.inputs.json"
+    assert job.check() is None  # absent: predicted
+    job.before()
+    assert json.loads(sidecar.read_text()) == PENDING
+    out.write_text("study_id,x\n1,2.0\n")  # the file is written; the kill comes before its inputs are recorded
+    assert job.check() is None and "was interrupted; predicting it again" in caplog.text
+    job.after()
+    assert json.loads(sidecar.read_text()) == builder.coords_inputs() and "up to date" in job.check()
+    sidecar.unlink()  # a file the runner did not make is kept as it is
+    assert "not made by the runner" in job.check()
+
+
 # --------------------------------------------------------------------------- the runner on the toy task
 TESTS = Path(__file__).resolve().parent
 TOY = {"task": "toy_task:ToyPointTask", "epochs": 2, "batch_size": 2, "folds": 2, "workers": 0, "device": "cpu",

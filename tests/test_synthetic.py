@@ -275,6 +275,39 @@ def test_deterministic_for_a_seed_and_refuses_to_overwrite(tmp_path):
     assert not (a / "test_images").exists() or not any((a / "test_images").iterdir())  # stale studies removed
 
 
+def test_a_generation_killed_half_way_is_written_again_without_overwrite(tmp_path):
+    """``main.py --demo`` generates the phantom when ``train.csv`` is absent: after a SIGKILL amid the DICOM files the
+    folder must be written again (not refused as a dataset in the way) and end as a fresh one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rsna2024.synthetic.generate import INCOMPLETE
+
+    out = tmp_path / "killed"
+    args = dict(studies=2, test_studies=0, seed=7, size="small")
+    proc = subprocess.Popen([sys.executable, "-m", "rsna2024.cli", "synth", "--out", str(out), "--studies", "2",
+                             "--test-studies", "0", "--seed", "7"], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob("train_images/*/*/*.dcm")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert (out / INCOMPLETE).is_file() and not (out / "train.csv").exists(), "the generation ended before the kill"
+    generate_dataset(out, **args)
+    fresh = generate_dataset(tmp_path / "fresh", **args)
+    names = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert all((out / n).read_bytes() == (fresh / n).read_bytes() for n in names)
+    with pytest.raises(FileExistsError, match="train.csv"):  # finished: refused again
+        generate_dataset(out, **args)
+
+
 def test_bad_arguments_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         generate_dataset(tmp_path / "x", studies=1, size="huge")

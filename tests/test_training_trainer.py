@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import dead_pid, stale_temporary
 from toy_task import one_thread, toy_config, write_toy_data  # noqa: F401 - one_thread: pytestmark
 
 from rsna2024.errors import ConfigError
@@ -90,8 +91,12 @@ def test_interrupted_fold_resumes_to_bitwise_equal_weights(toy_data, tmp_path, w
         train_fold(cfg, toy_data, 0, out=tmp_path / "b", callbacks=[_stop_after(0)])
     assert not (tmp_path / "b/toy/fold0_done.json").exists()
     assert load_checkpoint(tmp_path / "b/toy/fold0_last.pt")["epoch"] == 0
+    # what a SIGKILL amid epoch 1's files leaves: its metrics line cut short, a half-written checkpoint temporary
+    with open(tmp_path / "b/toy/metrics.jsonl", "a") as fh:
+        fh.write('{"fold": 0, "epoch": 1, "train_lo')
+    half = stale_temporary(tmp_path / "b/toy", "fold0_last.pt", dead_pid())
     resumed = train_fold(cfg, toy_data, 0, out=tmp_path / "b")
-    assert "resuming" in (tmp_path / "b/toy/log.txt").read_text()
+    assert "resuming" in (tmp_path / "b/toy/log.txt").read_text() and not half.exists()
     for name in ["fold0_last.pt", "fold0_best.pt"]:
         a, b = load_checkpoint(tmp_path / "a/toy" / name), load_checkpoint(tmp_path / "b/toy" / name)
         assert _states_equal(a["model"], b["model"]), name

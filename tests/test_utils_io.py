@@ -1,16 +1,23 @@
 """Atomic writes leave no partial file; finished outputs are not overwritten silently."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
+from conftest import dead_pid, stale_temporary
 
 from rsna2024.errors import OutputError
 from rsna2024.utils.io import (
+    TEMP_PATTERN,
     atomic_path,
     atomic_to_csv,
     atomic_write_text,
     check_overwrite,
     check_writable_dir,
+    clean_stale_temporaries,
     text_encoding,
 )
 
@@ -32,6 +39,39 @@ def test_atomic_writers_create_parents_and_replace(tmp_path):
     assert pd.read_csv(target)["fold"].tolist() == [0, 1]
     atomic_write_text(target, "x\n")
     assert target.read_text() == "x\n"
+
+
+def test_the_temporary_names_its_host_and_pid(tmp_path):
+    with atomic_path(tmp_path / "oof.csv") as tmp:
+        match = TEMP_PATTERN.match(tmp.name)
+        assert tmp.parent == tmp_path and match and match["name"] == "oof.csv" and int(match["pid"]) == os.getpid()
+
+
+def test_stale_temporaries_go_and_live_writers_keep_theirs(tmp_path):
+    sub = tmp_path / "fold" / "deep"
+    sub.mkdir(parents=True)
+    gone = dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [stale_temporary(tmp_path, "oof.csv", gone), stale_temporary(sub, "fold0_last.pt", gone),
+                 stale_temporary(tmp_path, "x.npy", os.getpid())]  # this pid, before this process: a reused pid
+        kept = [stale_temporary(tmp_path, "coords.csv", live.pid),  # a concurrent job (--gpus fold, torchrun rank)
+                stale_temporary(tmp_path, "mine.csv", os.getpid(), age_s=-5),  # this process is writing it
+                stale_temporary(tmp_path, "new.csv", gone, age_s=-5)]  # made after this process started
+        other_host = tmp_path / stale[0].name.replace(".abcd1234.", ".wxyz9876.").replace(
+            TEMP_PATTERN.match(stale[0].name)["host"], "elsewhere")
+        other_host.write_bytes(b"shared file system")
+        for name in (".oof.csv.abcd1234.tmp", "notes.tmp", "oof.csv", ".hidden"):  # not the writers' pattern
+            (tmp_path / name).write_text("x")
+            kept.append(tmp_path / name)
+        kept.append(other_host)
+        assert clean_stale_temporaries(sub.parent, recursive=False) == []
+        assert sorted(clean_stale_temporaries(tmp_path)) == sorted(stale)
+    finally:
+        live.kill()
+        live.wait()
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert clean_stale_temporaries(tmp_path / "absent") == []
 
 
 def test_check_overwrite_names_the_file(tmp_path):

@@ -37,7 +37,7 @@ from rsna2024.dicom.orientation import Orientation
 from rsna2024.dicom.reader import read_series, series_files
 from rsna2024.dicom.series import Series, StoredGeometry
 from rsna2024.errors import DataError, DicomError, RsnaError
-from rsna2024.utils.io import atomic_path, atomic_to_csv, atomic_write_text
+from rsna2024.utils.io import atomic_path, atomic_to_csv, atomic_write_text, clean_stale_temporaries
 from rsna2024.utils.logging import ensure_logging, get_logger
 
 log = get_logger(__name__)
@@ -254,6 +254,7 @@ def preprocess(data_dir: str | Path, cache_root: str | Path | None = None, split
     tasks = _tasks(data_dir, split)
     folder = cache_dir(default_cache_root(data_dir) if cache_root is None else cache_root, data_dir, params)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(folder)  # what a killed run left half written
     params_file = folder / "params.json"
     if not params_file.exists():
         atomic_write_text(params_file, json.dumps({**params.to_dict(), "data_dir": str(data_dir.resolve())},

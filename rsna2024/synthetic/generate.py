@@ -1,7 +1,9 @@
 """Write a phantom dataset in the competition's Kaggle layout (DICOM images + the real CSV formats).
 
 ``generate_dataset`` plans every study in the main process from the seed (ids, labels, quirks),
-renders and writes the studies in joblib workers, then writes the CSVs, ``train.csv`` last.
+renders and writes the studies in joblib workers, then writes the CSVs, ``train.csv`` last. A marker file
+(:data:`INCOMPLETE`) lives in the folder while it is written: a generation killed half way is cleared and
+written again by the next call without ``overwrite``.
 Besides the Kaggle files it writes ground truth under ``phantom/``: ``landmarks.csv`` (true
 patient-space landmarks), ``labels.csv`` (true classes of every study, test ones included) and
 ``studies.json`` (per-study anatomy and series parameters).
@@ -35,13 +37,14 @@ from rsna2024.synthetic.labels import MISSING, labels_frame, mask_missing, sampl
 from rsna2024.synthetic.quirks import SERIES_ROLES, QuirkRates, StudyQuirks, draw_quirks
 from rsna2024.synthetic.render import Appearance, render_plane
 from rsna2024.synthetic.series import SIZES, SeriesPlan, plan_series
-from rsna2024.utils.io import atomic_to_csv, atomic_write_text, check_overwrite
+from rsna2024.utils.io import atomic_to_csv, atomic_write_text, check_overwrite, clean_stale_temporaries
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 LANDMARK_COLUMNS = ["study_id", "structure", "level", "x_mm", "y_mm", "z_mm"]
 PRIMARY_ROLE = {"Sagittal T1": "sag_t1", "Sagittal T2/STIR": "sag_t2", "Axial T2": "axial"}
+INCOMPLETE = ".phantom-incomplete"  # present while generate_dataset writes a folder
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,11 @@ def write_study(spec: StudySpec, out: Path, size: str) -> StudyResult:
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse to write over a dataset unless ``overwrite``; clear the phantom's own folders."""
+    """Refuse to write over a dataset unless ``overwrite`` (or it is a phantom whose writing was interrupted);
+    clear the phantom's own folders."""
+    if (out / INCOMPLETE).is_file() and not (out / "train.csv").exists():
+        log.info("%s holds a phantom whose writing was interrupted: writing it again", out)
+        overwrite = True
     check_overwrite(out / "train.csv", overwrite)
     folders = [out / name for name in ("train_images", "test_images", "phantom")]
     if not overwrite:
@@ -189,6 +196,10 @@ def generate_dataset(out: str | Path, studies: int = 20, test_studies: int = 2, 
         raise ValueError(f"need studies >= 1 and test_studies >= 0, got {studies} and {test_studies}")
     out = Path(out)
     _prepare_output(out, overwrite)
+    for folder in (out, out / "phantom"):
+        clean_stale_temporaries(folder, recursive=False)
+    atomic_write_text(out / INCOMPLETE, json.dumps({"studies": studies, "test_studies": test_studies, "seed": seed,
+                                                    "size": size}))
     specs = plan_dataset(studies, test_studies, seed, quirks)
     jobs = Parallel(n_jobs=workers, return_as="generator")(delayed(write_study)(s, out, size) for s in specs)
     results = list(tqdm(jobs, total=len(specs), desc=f"phantom {size}", unit="study"))
@@ -216,6 +227,7 @@ def generate_dataset(out: str | Path, studies: int = 20, test_studies: int = 2, 
     train_specs = sorted((s for s in specs if s.split == "train"), key=lambda s: s.study_id)
     atomic_to_csv(labels_frame([s.study_id for s in train_specs], np.array([s.observed for s in train_specs])),
                   out / "train.csv")
+    (out / INCOMPLETE).unlink()
     log.info("phantom: %d train + %d test studies, %d slices written to %s", len(train), len(test),
              sum(r.n_slices for r in results), out)
     if preview is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from rsna2024.errors import ConfigError
@@ -19,26 +20,48 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: Path, fold: int | None = None) -> list[dict]:
-    """The records of ``metrics.jsonl`` (of one fold when given)."""
+    """The records of ``metrics.jsonl`` (of one fold when given). A line that is not a whole JSON object (a
+    write cut short by a kill) is left out with a warning naming the file and line."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            log.warning("%s line %d: not a whole JSON record (a write cut short?); left out", path, i)
+            continue
+        records.append(record)
     return [r for r in records if fold is None or r.get("fold") == fold]
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(Path(run_dir) / METRICS_FILE, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """Append one record as one ``write`` to a file opened for appending (folds training at once into one run
+    folder each add whole lines)."""
+    fd = os.open(Path(run_dir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = (json.dumps(record) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def truncate_metrics(run_dir: Path, fold: int, before_epoch: int) -> None:
-    """Drop the fold's records of epochs ``>= before_epoch`` (written after the checkpoint a resume starts from)."""
+    """Drop the fold's records of epochs ``>= before_epoch`` (written after the checkpoint a resume starts from)
+    and any line cut short by a kill; the file is rewritten only when something is dropped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
     keep = [r for r in read_metrics(run_dir) if r.get("fold") != fold or r["epoch"] < before_epoch]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    if text != path.read_text():
+        atomic_write_text(path, text)
 
 
 def plot_curves(records: list[dict], path: Path, metric: str, title: str = "") -> Path:

@@ -11,11 +11,11 @@ the preprocessing cache, then train. The plan (:func:`plan_experiments`) orders 
 with every ``depends_on`` of a config honoured on top (a missing dependency or a cycle is an error naming it).
 Each experiment runs over the folds of ``folds.csv`` (or those picked). A finished fold (``fold{k}_done.json``)
 is skipped and an interrupted one resumes (both by the fold trainer); a coordinates file is predicted again only
-when absent or when a keypoint fold it came from changed (``coords_oof.inputs.json`` records their ``done``
-markers). On one device the jobs run one after another in this
-process; with ``gpus`` each job is a subprocess (``rsna2024 train`` / ``rsna2024 coords``) pinned to one GPU by
-``CUDA_VISIBLE_DEVICES``, one job per GPU at a time (:func:`run_jobs`). The end is the OOF table of
-:mod:`rsna2024.training.report`.
+when absent, when its prediction was interrupted or when a keypoint fold it came from changed
+(``coords_oof.inputs.json`` records their ``done`` markers). Temporaries a killed run left are removed at the
+start. On one device the jobs run one after another in this process; with ``gpus`` each job is a subprocess
+(``rsna2024 train`` / ``rsna2024 coords``) pinned to one GPU by ``CUDA_VISIBLE_DEVICES``, one job per GPU at a
+time (:func:`run_jobs`). The end is the OOF table of :mod:`rsna2024.training.report`.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ log = get_logger(__name__)
 
 COORDS_FILES = {"train": "coords_oof.csv", "test": "coords_test.csv"}
 COORDS_STEP = "coordinates"
+PENDING = {"pending": True}  # a coordinates file's provenance while it is being predicted
 # The classifiers' default ``data.oof_points`` (rsna2024.classifiers.tasks, not imported here: this module stays
 # light for the CLI): the runner's out-of-fold coordinates file.
 COORDS_SPEC = "{runs}/" + COORDS_FILES["train"]
@@ -270,6 +271,7 @@ class Job:
     command: list[str] | None = None
     check: Callable[[], str | None] = lambda: None
     log_file: Path | None = None
+    before: Callable[[], object] | None = None  # run in this process before the job's call or command
     after: Callable[[], object] | None = None  # run in this process after the command succeeded
 
 
@@ -351,7 +353,14 @@ class _Scheduler:
             return True
         if skip:
             self._finish(job, JobResult(job.name, "skipped", message=skip))
-        elif self.serial:
+            return True
+        try:
+            if job.before is not None:
+                job.before()
+        except Exception as exc:  # noqa: BLE001 - a job that cannot start fails alone
+            self._finish(job, JobResult(job.name, "failed", message=f"{type(exc).__name__}: {exc}"))
+            return True
+        if self.serial:
             self._finish(job, _run_inline(job))
         else:
             self.pending.remove(job)
@@ -638,13 +647,20 @@ class FoldJobs:
                 raise Blocked(f"{COORDS_FILES[split]} needs every fold of the keypoint runs; not finished: {what}")
             if split == "test" and not self._has_test_series():
                 return "no test series in the cache"
+            recorded = json.loads(sidecar.read_text()) if sidecar.is_file() else None
             if out.is_file():
-                if not sidecar.is_file():
+                if recorded is None:
                     return f"{out} exists and was not made by the runner: kept as it is"
-                if json.loads(sidecar.read_text()) == inputs:
+                if recorded == inputs:
                     return f"{out} is up to date"
-                log.warning("%s: the keypoint runs changed since it was made; predicting it again", out)
+                if recorded == PENDING:
+                    log.warning("%s: the run making it was interrupted; predicting it again", out)
+                else:
+                    log.warning("%s: the keypoint runs changed since it was made; predicting it again", out)
             return None
+
+        def before() -> None:  # until after() records the inputs, the file counts as unfinished
+            atomic_write_text(sidecar, json.dumps(PENDING))
 
         def call() -> None:
             from rsna2024.keypoints.coords import write_coordinates
@@ -656,8 +672,8 @@ class FoldJobs:
         def after() -> None:
             atomic_write_text(sidecar, json.dumps(self.coords_inputs(), indent=1))
 
-        return Job(self.coords_job(split), deps=deps, call=call, command=command, check=check, after=after,
-                   log_file=opts.runs / "logs" / f"coords_{split}.log")
+        return Job(self.coords_job(split), deps=deps, call=call, command=command, check=check, before=before,
+                   after=after, log_file=opts.runs / "logs" / f"coords_{split}.log")
 
     def _has_test_series(self) -> bool:
         from rsna2024.dicom.cache import load_cache_index
@@ -777,8 +793,13 @@ def format_timings(plan: Plan, builder: FoldJobs, results: dict[str, JobResult],
 
 
 def run_pipeline(opts: RunOptions) -> int:
-    """Data (validate, folds, cache) then :func:`run_experiments`; 1 when the data is invalid."""
+    """Data (validate, folds, cache) then :func:`run_experiments`; 1 when the data is invalid. Temporaries a
+    killed run left in the runs folder and beside the data's CSVs are removed first (the cache's by the cache)."""
+    from rsna2024.utils.io import clean_stale_temporaries
+
     t0 = time.perf_counter()
+    clean_stale_temporaries(opts.runs)
+    clean_stale_temporaries(opts.data, recursive=False)
     planned = load_plan(opts)
     if not prepare_data(opts.data, opts.cache, opts.workers, folds_wanted(planned[1])):
         return 1

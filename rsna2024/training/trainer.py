@@ -56,7 +56,7 @@ from rsna2024.training.config import (
 from rsna2024.training.optim import LRSchedule, build_optimizer
 from rsna2024.training.reporting import WandbRun, append_metrics, plot_curves, read_metrics, truncate_metrics
 from rsna2024.training.task import FoldContext, Task, create_task
-from rsna2024.utils.io import atomic_write_text
+from rsna2024.utils.io import atomic_write_text, clean_stale_temporaries
 from rsna2024.utils.logging import ensure_logging, get_logger
 
 log = get_logger(__name__)
@@ -488,6 +488,7 @@ def train_fold(cfg: ExperimentConfig, data_dir: str | Path, fold: int, out: str 
     run_dir, k = trainer.run_dir, trainer.fold
     if trainer.is_main:
         prepare_run_dir(cfg, run_dir)
+        clean_stale_temporaries(run_dir, recursive=False)
     done = done_path(run_dir, k)
     if done.is_file():
         info = json.loads(done.read_text())
