@@ -140,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="set_stage2", action="append", default=[],
                    help="override for every classifier config (e.g. epochs=2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on a shared machine)")
+    p.add_argument("--baselines", nargs="*", type=Path, default=None, metavar="CONFIG",
+                   help="also train the seed baselines (default with no file: experiments/demo/s[0-3]_*.yaml) on the "
+                        "same points x 5 folds and print `rsna2024 compare` over every run (written to <work>/compare)")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -167,9 +170,33 @@ def main(argv=None) -> int:
     ratio = two.loc["two-stage mean", "vs_prior"] if "two-stage mean" in two.index else float("nan")
     print(f"target: two-stage mean on predicted points <= {TARGET} x prior: {ratio:.3f} "
           f"({'met' if ok else 'MISSED'})")
+    if args.baselines is not None:
+        seconds.update(compare_with_baselines(args, data, coords, list(experiments)))
     seconds["total"] = time.perf_counter() - start
     print(pd.Series(seconds).round(1).to_string())
     return 0 if ok else 1
+
+
+def compare_with_baselines(args, data: Path, coords: Path, classifiers: list[str]) -> dict[str, float]:
+    """Train the seed baselines on the same folds and stage-1 points, merge every run's fold files and print
+    the comparison table (``rsna2024 compare``) of the prior, S0-S3, the two-stage families and their ensemble."""
+    from rsna2024.baselines.compare import compare_runs, format_markdown
+    from rsna2024.classifiers.oof import merge_folds
+
+    configs = args.baselines or sorted((HERE.parent / "experiments" / "demo").glob("s[0-3]_*.yaml"))
+    seconds, names = {}, []
+    for path in configs:
+        cfg = load_config(path, [f"data.oof_points={coords}"])
+        seconds[f"train {cfg.name}"] = train_all(cfg, data, args.work)
+        names.append(cfg.name)
+    wide = load_labels_wide(data)
+    runs = [args.work / "runs" / n for n in [*names, *classifiers]]
+    for run in runs:
+        merge_folds(run, 5, wide)
+    table = compare_runs(data, runs, out_dir=args.work / "compare")
+    print(f"\ncomparison on the same folds and stage-1 points ({args.work / 'compare' / 'compare.md'}):")
+    print(format_markdown(table))
+    return seconds
 
 
 if __name__ == "__main__":
