@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,12 @@ def last_path(run_dir: Path, fold: int) -> Path:
 
 def best_path(run_dir: Path, fold: int) -> Path:
     return Path(run_dir) / f"fold{fold}_best.pt"
+
+
+def best_folds(run_dir: Path) -> list[int]:
+    """The folds of a run folder that have a best checkpoint (``fold{k}_best.pt``), sorted."""
+    found = (re.fullmatch(r"fold(\d+)_best\.pt", p.name) for p in Path(run_dir).glob("fold*_best.pt"))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def done_path(run_dir: Path, fold: int) -> Path:
