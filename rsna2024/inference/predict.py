@@ -294,19 +294,19 @@ class Predictor:
                                 report=lambda study, cause: self.problems.add(study, cause))
         found = coords.dropna(subset=["series_id", "instance_number", "x", "y"])  # empty rows: warned by stage 1
         points = points_in_mm(load_points(found), store.load)
-        mirrored = MirroredStore(store) if self.tta else None
-        tables = {}
-        for run in self.classifiers:
-            tables[run.folder.name] = self._run_rows(run, study_ids, store, points, mirrored)
-        return tables
+        mirrored = MirroredStore(store) if self.tta else None  # shared by the runs: each series mirrored once
+        return {run.folder.name: self.run_rows(run, study_ids, store, points, mirrored) for run in self.classifiers}
 
-    def _run_rows(self, run: ClassifierRun, study_ids, store, points: pd.DataFrame, mirrored) -> pd.DataFrame:
-        """The mean over the run's fold models (and the mirror) of its rows of ``study_ids``."""
+    def run_rows(self, run: ClassifierRun, study_ids, store, points: pd.DataFrame, mirrored=None) -> pd.DataFrame:
+        """The rows of ``study_ids`` one run predicts at ``points`` (patient mm) on the series of ``store``: the
+        mean over its fold models and, with TTA (``mirrored``: the mirror of ``store``, made when not given),
+        over the patient's left-right mirror too, its left and right rows swapped back."""
         task, predict = run.task, self._predict(run.task)
         task.use_store(store)
         dataset = task.points_dataset(study_ids, points, memo=True)
         parts = [task.predicted_rows(model, dataset, predict) for model in run.models.values()]
-        if mirrored is not None and not task.mirror_invariant:
+        if self.tta and not task.mirror_invariant:
+            mirrored = mirrored if mirrored is not None else MirroredStore(store)
             task.use_store(mirrored)
             flipped = task.points_dataset(study_ids, mirror_points(points), memo=True)
             for model in run.models.values():
