@@ -86,13 +86,24 @@ def executed(demo_runs, phantom_dir, tmp_path_factory):
     proc = subprocess.run(offline([python, "-c", DRIVER, build / "kernel" / f"{SLUG}.ipynb", out_nb, working]),
                           env=env, cwd=working, capture_output=True, text=True, timeout=1200)
     assert out_nb.is_file(), proc.stderr[-3000:]
-    return SimpleNamespace(proc=proc, nb=nbformat.read(out_nb, as_version=4), working=working, env=env,
+    return SimpleNamespace(proc=proc, nb=nbformat.read(out_nb, as_version=4), working=working, env=env, build=build,
                            venv=python.parent.parent, phantom=phantom_dir, data_files=data_files)
 
 
 def _text(cell) -> str:
     return "".join(o.get("text", "") if o["output_type"] == "stream" else "\n".join(o.get("traceback", []))
                    for o in cell.get("outputs", []))
+
+
+def test_package_ships_the_runs_priors(executed, demo_runs):
+    """Each classifier run's prior.csv travels with its weights: predict's fallback without train.csv."""
+    from rsna2024.baselines.prior import PRIOR_FILE
+
+    for run in demo_runs.run_dirs:
+        packaged = executed.build / "dataset" / "runs" / run.name / PRIOR_FILE
+        assert packaged.is_file() == (not run.name.startswith("keypoint_")), run.name
+        if packaged.is_file():
+            assert packaged.read_text() == (run / PRIOR_FILE).read_text()
 
 
 def test_notebook_installs_the_kit_offline_from_the_package_wheels_only(executed):

@@ -229,7 +229,8 @@ class PredictResult:
     summary: pd.DataFrame
     prior_source: str
     out: Path | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole call
+    load_seconds: float = 0.0  # of which loading the fold models
 
     @property
     def studies(self) -> int:
@@ -390,8 +391,10 @@ def predict_submission(data: str | Path, runs: Sequence[str | Path], out: str | 
 
     dev = resolve_device(device)
     amp = resolve_amp("auto", dev)
+    loading = time.perf_counter()
     predictor = Predictor(data, split, [load_run(f.path, dev, f.folds) for f in keypoint_folders],
                           [load_classifier_run(f, dev) for f in classifier_folders], dev, amp, batch_size, tta, workers)
+    load_seconds = time.perf_counter() - loading
     log.info("predicting %d %s studies on %s with %d keypoint and %d classifier runs (%s)%s", len(study_ids), split,
              dev, len(keypoint_folders), len(classifier_folders),
              ", ".join(f"{f.name}: folds {','.join(map(str, f.folds))}" for f in folders),
@@ -422,7 +425,8 @@ def predict_submission(data: str | Path, runs: Sequence[str | Path], out: str | 
     submission, from_prior = _complete(study_ids, blended, prior)
     check_submission(submission, expected_row_ids=[r for s in study_ids for r in study_row_ids(s)])
     summary = _summary(study_ids, from_prior, predictor.problems)
-    result = PredictResult(submission, run_tables, summary, prior_source, seconds=time.perf_counter() - started)
+    result = PredictResult(submission, run_tables, summary, prior_source, seconds=time.perf_counter() - started,
+                           load_seconds=load_seconds)
     if out is not None:
         result.out = atomic_to_csv(submission, out)
     log.info("%d studies predicted in %.1f s (%.2f s per study)%s", len(study_ids), result.seconds,
