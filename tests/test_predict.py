@@ -26,7 +26,7 @@ from rsna2024.inference.predict import mean_rows, predict_submission, swap_sides
 from rsna2024.metric import check_submission
 from rsna2024.training.runner import SUBMISSION_FILE, SUBMISSION_INPUTS
 
-NO_AXIAL, TRUNCATED, MISSING = 900001, 900002, 900003
+NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES = 900001, 900002, 900003, 900004
 POINT_BASELINES = ("s0_", "s1_", "s2_")  # S3 predicts every row of a study from one slice: left out here
 
 
@@ -49,13 +49,14 @@ def _damaged_test_folder(phantom: Path, root: Path) -> Path:
     """A test-only data folder (no train.csv, no sample_submission.csv): the phantom's test studies, plus three
     training studies copied under new ids and damaged: NO_AXIAL lacks its Axial T2 series (not listed, no folder),
     TRUNCATED has a truncated DICOM file in its Sagittal T2/STIR series, MISSING lists a Sagittal T1 series whose
-    folder is absent."""
+    folder is absent, NO_IMAGES lists three series and has no folder at all."""
     data = root / "data"
     listed = [pd.read_csv(phantom / "test_series_descriptions.csv")]
     shutil.copytree(phantom / "test_images", data / "test_images")
     train = pd.read_csv(phantom / "train_series_descriptions.csv")
-    for new, old in zip((NO_AXIAL, TRUNCATED, MISSING), sorted(train["study_id"].unique())[:3]):
-        shutil.copytree(phantom / "train_images" / str(old), data / "test_images" / str(new))
+    for new, old in zip((NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES), sorted(train["study_id"].unique())[:4]):
+        if new != NO_IMAGES:
+            shutil.copytree(phantom / "train_images" / str(old), data / "test_images" / str(new))
         listed.append(train[train["study_id"] == old].assign(study_id=new))
     desc = pd.concat(listed, ignore_index=True)
     folder = lambda study, kind: data / "test_images" / str(study) / str(  # noqa: E731
@@ -92,7 +93,9 @@ def damaged(phantom_dir, demo_runs, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = predict_submission(data, _runs(demo_runs), root / "out" / "submission.csv", device="cpu")
+        # one study per chunk: NO_IMAGES alone is a chunk in which every series fails
+        result = predict_submission(data, _runs(demo_runs), root / "out" / "submission.csv", device="cpu",
+                                    chunk_studies=1)
     finally:
         torch.set_num_threads(threads)
         logging.getLogger("rsna2024").removeHandler(records)
@@ -110,7 +113,7 @@ def _expected_ids(data: Path) -> list[str]:
 def test_submission_is_complete_from_a_read_only_test_only_folder(damaged):
     written = pd.read_csv(damaged.result.out)
     expected = _expected_ids(damaged.data)
-    assert len(expected) == 5 * 25 and not (damaged.data / "sample_submission.csv").exists()
+    assert len(expected) == 6 * 25 and not (damaged.data / "sample_submission.csv").exists()
     check_submission(written, expected_row_ids=expected)
     assert list(written["row_id"]) == expected
     values = written[list(PRED_COLUMNS)].to_numpy()
@@ -123,7 +126,7 @@ def test_submission_is_complete_from_a_read_only_test_only_folder(damaged):
 
 def test_damaged_studies_are_named_with_their_cause_and_get_the_stored_prior(damaged, demo_runs):
     summary = damaged.result.summary.set_index("study_id")
-    assert {NO_AXIAL, TRUNCATED, MISSING} <= set(summary.index)
+    assert {NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES} <= set(summary.index)
     assert "no Axial T2 series" in summary.loc[NO_AXIAL, "cause"]
     assert "slice(s) dropped" in summary.loc[TRUNCATED, "cause"] and "PixelData" in summary.loc[TRUNCATED, "cause"]
     assert "does not exist" in summary.loc[MISSING, "cause"]
@@ -131,6 +134,9 @@ def test_damaged_studies_are_named_with_their_cause_and_get_the_stored_prior(dam
         assert any(study in m and cause in m for m in damaged.warnings.splitlines()), (study, damaged.warnings)
     # no axial series: both subarticular sides at every level; no Sagittal T1: both foraminal sides
     assert summary.loc[NO_AXIAL, "rows_from_prior"] >= 10 and summary.loc[MISSING, "rows_from_prior"] >= 10
+    # no series at all: every row; each of its three series named
+    assert summary.loc[NO_IMAGES, "rows_from_prior"] == 25
+    assert summary.loc[NO_IMAGES, "cause"].count("does not exist") >= 3
     printed = damaged.result.format_summary()
     assert all(str(s) in printed for s in (NO_AXIAL, TRUNCATED, MISSING)) and "rows_from_prior" in printed
 
@@ -146,7 +152,7 @@ def test_damaged_studies_are_named_with_their_cause_and_get_the_stored_prior(dam
             np.testing.assert_allclose(sub.loc[rid].to_numpy(dtype=float), prior.loc[(condition, level)].to_numpy())
 
 
-def test_weights_change_the_blend_as_computed_by_hand(damaged, demo_runs, tmp_path, capsys):
+def test_weights_change_the_blend_as_computed_by_hand(damaged, demo_runs, tmp_path, capsys, one_thread):
     weights = {"runs": {"split_spinal": 3.0, "global": 1.0, "split_foraminal": 0.5, "split_subarticular": 2.0},
                "temperature": {"spinal_canal_stenosis": 2.0}}
     (tmp_path / "w.json").write_text(json.dumps(weights))

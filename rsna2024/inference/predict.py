@@ -268,8 +268,8 @@ class Predictor:
         """Each run's rows (``row_id`` + the three columns) of the studies ``study_ids`` (``listed``: their rows of
         the series descriptions), the cache in ``cache_root``."""
         from rsna2024.classifiers.dataset import SeriesStore
-        from rsna2024.classifiers.samples import load_points, points_in_mm
-        from rsna2024.dicom.cache import load_cache_index, preprocess
+        from rsna2024.classifiers.samples import POINT_COLUMNS, load_points, points_in_mm
+        from rsna2024.dicom.cache import INDEX_FILE, cache_dir, load_cache_index, preprocess
         from rsna2024.keypoints.coords import predict_points
         from rsna2024.keypoints.studies import StudySeries
 
@@ -279,9 +279,9 @@ class Predictor:
         try:
             index_path = preprocess(self.data, cache_root=cache_root, split=self.split, workers=self.workers,
                                     studies=study_ids, progress=False)
-        except DicomError as exc:  # every series of the chunk failed: the index says why, per series
+        except DicomError as exc:  # every series of the chunk failed: the index (written) says why, per series
             log.debug("chunk %s: %s", study_ids, exc)
-            index_path = next(Path(cache_root).glob("*/index.csv"))
+            index_path = cache_dir(cache_root, self.data) / INDEX_FILE
         finally:
             quiet.setLevel(level)
         cache = index_path.parent
@@ -294,7 +294,8 @@ class Predictor:
         coords = predict_points(self.keypoints, studies, self.device, self.batch_size,
                                 report=lambda study, cause: self.problems.add(study, cause))
         found = coords.dropna(subset=["series_id", "instance_number", "x", "y"])  # empty rows: warned by stage 1
-        points = points_in_mm(load_points(found), store.load)
+        points = points_in_mm(load_points(found), store.load) if len(found) else \
+            pd.DataFrame(columns=list(POINT_COLUMNS))
         mirrored = MirroredStore(store) if self.tta else None  # shared by the runs: each series mirrored once
         return {run.folder.name: self.run_rows(run, study_ids, store, points, mirrored) for run in self.classifiers}
 
