@@ -3,10 +3,11 @@
 ``python main.py`` runs the configs of ``experiments/`` on ``data/raw``; ``python main.py --demo`` generates the
 synthetic phantom when absent and runs ``experiments/demo/`` into ``runs/demo``. Both validate the data, write
 ``folds.csv``, fill the preprocessing cache, train the keypoint models, predict their coordinates, train the
-classifiers on them and end with the OOF table beside the image-free prior (``<runs>/oof_scores.csv``). A second
-run skips what is finished and resumes what was interrupted. The same runs: ``rsna2024 run``. A CSV that breaks
-the contract stops the run; a broken study or series is a warning naming it and the run goes on without it
-(only a cache in which every series failed stops it).
+classifiers on them and end with the OOF table beside the image-free prior (``<runs>/oof_scores.csv``), then
+``rsna2024 predict`` on the data folder's test split (``<runs>/submission.csv``) and the command that packages the
+runs for Kaggle. A second run skips what is finished and resumes what was interrupted. The same runs:
+``rsna2024 run``. A CSV that breaks the contract stops the run; a broken study or series is a warning naming it
+and the run goes on without it (only a cache in which every series failed stops it).
 """
 from __future__ import annotations
 

@@ -280,6 +280,49 @@ def _run_coords(args):
     print(f"coordinates written to {path}")
 
 
+# --------------------------------------------------------------------------- predict
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="submission.csv for every study of a split from trained runs: keypoint runs "
+                       "give the points, classifier runs (fold models averaged) the predictions, blended over runs")
+    p.add_argument("--data", type=existing_dir, required=True,
+                   help="data folder in Kaggle layout (may be read-only): <split>_series_descriptions.csv and "
+                        "<split>_images/")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--runs", type=existing_dir, nargs="+", required=True, metavar="RUN_DIR",
+                   help="run folders (runs/<experiment>): keypoint_* runs for the points, split_*/global runs and "
+                        "seed baselines (s0_..s3_) for the predictions; each one's fold*_best.pt are averaged")
+    p.add_argument("--out", type=writable_file, required=True, help="submission CSV to write")
+    p.add_argument("--weights", type=existing_file, default=None,
+                   help="ensemble weights file (runs and per-condition temperatures, written by rsna2024 evaluate); "
+                        "default: every run weighs the same")
+    p.add_argument("--cache", type=writable_dir, default=None,
+                   help="preprocessing cache root, kept and reused (default: a temporary folder holding one chunk "
+                        "of studies at a time, deleted at the end); never beside the data")
+    p.add_argument("--clean-cache", action="store_true",
+                   help="with --cache: delete each chunk's decoded series once predicted (bounded disk use)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present")
+    p.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation: also predict the patient's left-right mirror (sides swapped "
+                        "back) and average")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="model inputs per forward pass")
+    p.add_argument("--chunk-studies", type=positive_int, default=8,
+                   help="studies preprocessed and predicted together (more: larger GPU batches, more disk)")
+    p.add_argument("--workers", type=positive_int, default=1, help="preprocessing processes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p
+
+
+def _run_predict(args):
+    from rsna2024.inference.predict import predict_submission
+
+    result = predict_submission(args.data, args.runs, args.out, split=args.split, weights=args.weights,
+                                cache=args.cache, device=args.device, tta=args.tta, overwrite=args.overwrite,
+                                batch_size=args.batch_size, chunk_studies=args.chunk_studies, workers=args.workers,
+                                clean_cache=args.clean_cache)
+    print(result.format_summary())
+    print(f"submission written to {result.out} ({result.studies} studies, {len(result.submission)} rows)")
+
+
 # --------------------------------------------------------------------------- keypoint-report
 def _add_keypoint_report(sub):
     p = sub.add_parser("keypoint-report", help="3-D error (mm) of predicted coordinates against the true ones, "
@@ -430,6 +473,7 @@ COMMANDS = {
     "train": (_add_train, _run_train),
     "kaggle": (_add_kaggle, _run_kaggle),
     "coords": (_add_coords, _run_coords),
+    "predict": (_add_predict, _run_predict),
     "keypoint-report": (_add_keypoint_report, _run_keypoint_report),
     "report": (_add_report, _run_report),
     "compare": (_add_compare, _run_compare),

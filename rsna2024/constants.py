@@ -23,6 +23,12 @@ CONDITION_NAMES: dict[str, str] = {
 }
 CONDITION_FROM_NAME: dict[str, str] = {v: k for k, v in CONDITION_NAMES.items()}
 
+# Each condition seen in the patient's left-right mirror: left and right swap, the spinal canal stays.
+MIRRORED_CONDITION: dict[str, str] = {
+    c: c.replace("left_", "right_", 1) if c.startswith("left_") else c.replace("right_", "left_", 1)
+    for c in CONDITIONS
+}
+
 # The metric's three condition groups (left and right sides are scored together).
 CONDITION_GROUPS: dict[str, tuple[str, ...]] = {
     "spinal": ("spinal_canal_stenosis",),

@@ -1,7 +1,9 @@
 """Shared fixtures: a small phantom dataset generated once per test session."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -68,3 +70,28 @@ def stale_temporary(folder: Path, name: str, pid: int, age_s: float = 3600.0) ->
     path.write_bytes(b"half")
     os.utime(path, (time.time() - age_s, time.time() - age_s))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_runs(phantom_dir, tmp_path_factory) -> SimpleNamespace:
+    """Every demo experiment (``experiments/demo``) trained by ``rsna2024 run`` on a copy of :func:`phantom_dir`:
+    2 folds, one epoch, CPU (about 80 s on 2 cores). The runner ends with ``predict`` on the test split
+    (``<runs>/submission.csv``). Fields: ``data``, ``cache`` (root), ``runs`` (the runs folder), ``run_dirs``
+    (every run folder). Read-only: shared by the session."""
+    import torch
+
+    from rsna2024.cli import main
+
+    root = tmp_path_factory.mktemp("demo_runs")
+    data = shutil.copytree(phantom_dir, root / "data")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(["run", "--data", str(data), "--cache", str(root / "cache"), "--experiments",
+                     str(Path(__file__).resolve().parents[1] / "experiments" / "demo"), "--runs", str(root / "runs"),
+                     "--set", "folds=2", "--set", "epochs=1", "--device", "cpu", "--workers", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return SimpleNamespace(data=data, cache=root / "cache", runs=root / "runs",
+                           run_dirs=sorted(p.parent for p in (root / "runs").glob("*/config.yaml")))

@@ -101,6 +101,18 @@ def test_rerun_skips_finished_series_and_resumes_an_interrupted_one(data_dir, tm
     assert sorted(load_cache_index(folder)["split"].unique()) == ["test", "train"]
 
 
+def test_a_run_over_some_studies_keeps_the_others_rows(data_dir, tmp_path):
+    folder = preprocess(data_dir, cache_root=tmp_path / "cache", split="train", studies=[1]).parent
+    assert sorted(load_cache_index(folder)["series_id"]) == [11, 12]
+    assert not (folder / "series" / "2").exists()  # study 2 was not read
+    with pytest.raises(DicomError, match="every series failed"):  # study 2's series are all broken
+        preprocess(data_dir, cache_root=tmp_path / "cache", split="train", studies=[2])
+    index = load_cache_index(folder).set_index(["study_id", "series_id"])["status"].to_dict()
+    assert index == {(1, 11): "ok", (1, 12): "ok", (2, 21): "failed", (2, 22): "failed"}
+    with pytest.raises(DataError, match="none of the studies"):
+        preprocess(data_dir, cache_root=tmp_path / "cache", split="train", studies=[99])
+
+
 def test_parameters_key_the_folder_and_parallel_run_matches(data_dir, tmp_path):
     params = CacheParams(normalize=NormalizeParams(low_percentile=1, high_percentile=99), dtype="float32")
     assert cache_dir(tmp_path, data_dir, params) != cache_dir(tmp_path, data_dir, CacheParams())

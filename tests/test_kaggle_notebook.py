@@ -3,9 +3,8 @@
 preinstalled packages are this environment's minus the kit (as Kaggle's image), the kit installed only from the
 package's wheels, then ``rsna2024 predict`` writing ``submission.csv``.
 
-The predict half is an expected failure while ``rsna2024 predict`` is not a command yet (strict: it turns into
-a real test once predict lands). The runs packaged are then the toy run; with predict, the demo experiments
-trained by ``rsna2024 run`` on fold 0 for one epoch.
+The runs packaged are every demo experiment (keypoints, split and global classifiers, seed baselines) trained by
+``rsna2024 run`` (the session fixture ``demo_runs``: 2 folds, one epoch).
 """
 from __future__ import annotations
 
@@ -20,16 +19,14 @@ from types import SimpleNamespace
 import nbformat
 import pandas as pd
 import pytest
-import torch
-from kaggle_helpers import ROOT, offline, train_toy_run
+from kaggle_helpers import offline
 
 from rsna2024 import __version__
-from rsna2024.cli import COMMANDS, main
+from rsna2024.cli import main
 from rsna2024.constants import study_row_ids
 from rsna2024.kaggle import COMPETITION
 from rsna2024.metric import check_submission
 
-HAS_PREDICT = "predict" in COMMANDS
 NAME = "RSNA notebook test"
 SLUG = "rsna-notebook-test"
 DRIVER = """
@@ -68,29 +65,10 @@ def kaggle_like_python(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def inference_runs(tmp_path_factory, phantom_dir) -> list[Path]:
-    root = tmp_path_factory.mktemp("runs")
-    if not HAS_PREDICT:
-        return [train_toy_run(root)]
-    assert "run" in COMMANDS, "the notebook test trains the demo runs with rsna2024 run (the runner)"
-    data = shutil.copytree(phantom_dir, root / "data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = main(["run", "--data", str(data), "--cache", str(root / "cache"), "--experiments",
-                     str(ROOT / "experiments" / "demo"), "--runs", str(root / "runs"), "--folds", "0",
-                     "--set", "epochs=1", "--device", "cpu"])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    return sorted(p.parent for p in (root / "runs").glob("*/config.yaml"))
-
-
-@pytest.fixture(scope="module")
-def executed(inference_runs, phantom_dir, tmp_path_factory):
+def executed(demo_runs, phantom_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kaggle")
     build = tmp / "build"
-    assert main(["kaggle", "package", "--runs", *map(str, inference_runs), "--name", NAME, "--out", str(build),
+    assert main(["kaggle", "package", "--runs", *map(str, demo_runs.run_dirs), "--name", NAME, "--out", str(build),
                  "--user", "tester", "--no-deps-wheels"]) == 0
     inputs, working = tmp / "kaggle" / "input", tmp / "kaggle" / "working"
     inputs.mkdir(parents=True)
@@ -108,13 +86,24 @@ def executed(inference_runs, phantom_dir, tmp_path_factory):
     proc = subprocess.run(offline([python, "-c", DRIVER, build / "kernel" / f"{SLUG}.ipynb", out_nb, working]),
                           env=env, cwd=working, capture_output=True, text=True, timeout=1200)
     assert out_nb.is_file(), proc.stderr[-3000:]
-    return SimpleNamespace(proc=proc, nb=nbformat.read(out_nb, as_version=4), working=working, env=env,
+    return SimpleNamespace(proc=proc, nb=nbformat.read(out_nb, as_version=4), working=working, env=env, build=build,
                            venv=python.parent.parent, phantom=phantom_dir, data_files=data_files)
 
 
 def _text(cell) -> str:
     return "".join(o.get("text", "") if o["output_type"] == "stream" else "\n".join(o.get("traceback", []))
                    for o in cell.get("outputs", []))
+
+
+def test_package_ships_the_runs_priors(executed, demo_runs):
+    """Each classifier run's prior.csv travels with its weights: predict's fallback without train.csv."""
+    from rsna2024.baselines.prior import PRIOR_FILE
+
+    for run in demo_runs.run_dirs:
+        packaged = executed.build / "dataset" / "runs" / run.name / PRIOR_FILE
+        assert packaged.is_file() == (not run.name.startswith("keypoint_")), run.name
+        if packaged.is_file():
+            assert packaged.read_text() == (run / PRIOR_FILE).read_text()
 
 
 def test_notebook_installs_the_kit_offline_from_the_package_wheels_only(executed):
@@ -131,7 +120,6 @@ def test_notebook_installs_the_kit_offline_from_the_package_wheels_only(executed
     assert f"rsna2024 {__version__} from {site_dir / 'rsna2024' / '__init__.py'}" in install, install
 
 
-@pytest.mark.xfail(not HAS_PREDICT, strict=True, reason="predict lands with the inference work")
 def test_notebook_predict_cell_writes_a_complete_submission(executed):
     predict = executed.nb.cells[-1]
     assert executed.proc.returncode == 0, _text(predict)[-3000:] + executed.proc.stderr[-3000:]

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from rsna2024.constants import study_row_ids
+from rsna2024.metric import check_submission
 from rsna2024.training.runner import COORDS_FILES, discover_experiments, plan_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +91,12 @@ def test_demo_runs_every_stage_and_prints_the_oof_table(demo):
             row.experiment
     assert "Keypoint OOF 3-D error (mm)" in first.stdout
     assert re.search(r"keypoint_sagt2 fold 1: done in [0-9.]+ (s|min)", first.stderr)
+    # then predict on the test split: the submission, and how to package the runs for Kaggle
+    test_ids = sorted(pd.read_csv(data / "test_series_descriptions.csv")["study_id"].unique())
+    check_submission(pd.read_csv(runs / "submission.csv"),
+                     expected_row_ids=[r for s in test_ids for r in study_row_ids(int(s))])
+    assert f"submission: {runs / 'submission.csv'}" in first.stdout
+    assert "rsna2024 kaggle package --runs" in first.stdout
 
 
 def test_second_demo_run_rewrites_nothing(demo):
@@ -101,6 +109,7 @@ def test_second_demo_run_rewrites_nothing(demo):
     assert {p: p.stat().st_mtime_ns for p in watched} == watched
     assert not re.search(r"(fold \d+|coordinates \(.*\)): running", second.stderr)
     assert re.search(r"split_\w+ fold 1: skipped \(finished earlier\)", second.stderr)
+    assert "submission.csv is up to date" in second.stderr
     table = lambda out: out[out.index("OOF scores"):]  # noqa: E731
     assert table(second.stdout).split("Keypoint")[0] == table(first.stdout).split("Keypoint")[0]
 

@@ -18,6 +18,9 @@ from rsna2024.metric import score, solution_from_long
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
+#: A run folder's copy of the prior of its training labels (``condition, level`` + the three columns), written by
+#: each finished fold of a stage-2 or baseline task: what ``rsna2024 predict`` falls back to without train.csv.
+PRIOR_FILE = "prior.csv"
 # Added to each class count (Jeffreys' 1/2); moves the real-data total by less than 0.001.
 PSEUDO_COUNT = 0.5
 
@@ -38,6 +41,41 @@ def fit_prior(long: pd.DataFrame, weighted: bool = True, pseudo_count: float = P
     probs = counts.div(counts.sum(axis=1), axis=0)
     probs.columns = list(PRED_COLUMNS)
     return probs.reset_index()
+
+
+def save_prior(prior: pd.DataFrame, path: str | Path) -> Path:
+    """Write a prior table (``fit_prior``'s columns) to ``path`` atomically, only when its content changes."""
+    from rsna2024.utils.io import atomic_write_text
+
+    path = Path(path)
+    text = prior[["condition", "level", *PRED_COLUMNS]].to_csv(index=False)
+    if not (path.is_file() and path.read_text() == text):
+        atomic_write_text(path, text)
+    return path
+
+
+def load_prior(path: str | Path) -> pd.DataFrame:
+    """A prior table written by :func:`save_prior`, checked: every (condition, level) once, probabilities that
+    are finite, not negative and not all 0 (rows renormalised); DataError naming the file otherwise."""
+    from rsna2024.errors import DataError
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable prior file ({exc})") from None
+    missing = [c for c in ("condition", "level", *PRED_COLUMNS) if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+    targets = pd.MultiIndex.from_product([CONDITIONS, LEVELS], names=["condition", "level"])
+    keyed = table.set_index(["condition", "level"])
+    if not keyed.index.is_unique or set(keyed.index) != set(targets):
+        raise DataError(f"{path}: expected each of the {len(targets)} (condition, level) pairs exactly once")
+    values = keyed.loc[targets, list(PRED_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(values).all() or (values < 0).any() or (values.sum(axis=1) <= 0).any():
+        raise DataError(f"{path}: probabilities must be finite, not negative and not all 0 in a row")
+    out = pd.DataFrame(values / values.sum(axis=1, keepdims=True), columns=list(PRED_COLUMNS), index=targets)
+    return out.reset_index()
 
 
 def prior_oof(wide: pd.DataFrame, folds: pd.DataFrame, weighted: bool = True,

@@ -21,26 +21,20 @@ Points files: ``true`` is ``<data>/train_label_coordinates.csv``; any other valu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-# ``rsna2024.classifiers.oof`` imports the prior from this package: take the module, read its names at call time.
 from rsna2024.baselines.data import ImageRule, ImageSettings, StudyDataset, TargetDataset
-from rsna2024.classifiers import oof as stage_oof
+from rsna2024.classifiers.point_task import DEFAULT_OOF_POINTS, TRUE_POINTS, PointTask
 from rsna2024.constants import CLASS_WEIGHTS, CONDITIONS
 from rsna2024.errors import ConfigError
 from rsna2024.training.losses import severity_loss
-from rsna2024.training.task import FoldContext, Task, register_task
-from rsna2024.utils.io import atomic_to_csv
+from rsna2024.training.task import FoldContext, register_task
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
-TRUE_POINTS = "true"
-DEFAULT_OOF_POINTS = "{runs}/coords_oof.csv"
 
 
 # --------------------------------------------------------------------------- configs (the ``data:`` sections)
@@ -106,63 +100,27 @@ class S3Data(BaselineData):
 
 
 # --------------------------------------------------------------------------- shared task logic
-def points_file(spec: str, ctx: FoldContext) -> Path:
-    """The coordinates file a ``*_points`` setting names (see the module docstring)."""
-    from rsna2024.data.contract import COORDINATES_FILE
-
-    if spec == TRUE_POINTS:
-        return Path(ctx.data_dir) / COORDINATES_FILE
-    return Path(spec.format(runs=Path(ctx.run_dir).parent, data=ctx.data_dir))
-
-
-class BaselineTask(Task):
-    """Data, loss, validation and OOF files shared by S0-S3; subclasses build the dataset and call the model."""
+class BaselineTask(PointTask):
+    """Loss and predictions shared by S0-S3 (data, OOF files and scores: :class:`PointTask`); subclasses build
+    the dataset (:meth:`points_dataset`) and call the model."""
 
     DataConfig = TargetData
-    metric = "score"
-    mode = "min"
 
     @property
     def conditions(self) -> tuple[str, ...]:
         return tuple(getattr(self.data, "conditions", CONDITIONS))
 
     # ----------------------------------------------------------------- data
-    def _setup(self, ctx: FoldContext) -> None:
-        from rsna2024.classifiers.dataset import SeriesStore
-        from rsna2024.classifiers.tasks import default_cache_folder
-        from rsna2024.data.contract import load_labels_wide
-
-        self.ctx = ctx
-        cache = Path(self.data.cache) if self.data.cache else default_cache_folder(ctx.cache_root, ctx.data_dir)
-        self.store = SeriesStore(cache)
-        self.wide = load_labels_wide(ctx.data_dir)
-        self.prior = stage_oof.fold_prior(self.wide, ctx.train_studies())
-        self._points: dict[str, pd.DataFrame] = {}
-
     def samples(self, studies, spec: str) -> pd.DataFrame:
         """Per-target rows of ``studies`` (label, -1 where missing or for a test study, and the point in mm) on
         the points ``spec`` names."""
-        from rsna2024.classifiers.samples import label_table, load_points, points_in_mm, split_samples
+        return self.target_samples(studies, self.points(spec, studies))
 
-        path = points_file(spec, self.ctx)
-        if not path.is_file():
-            raise ConfigError(f"points file {path} (from {spec!r}) not found: run the keypoint stage's "
-                              f"`rsna2024 coords` first, or set data.oof_points: true to predict on the true points")
-        if str(path) not in self._points:
-            self._points[str(path)] = load_points(path)
-        studies = [int(s) for s in studies]
-        table = self._points[str(path)]
-        points = points_in_mm(table[table["study_id"].isin(studies)], self.store.load)
-        labelled = set(self.wide["study_id"].astype(int))
-        unlabelled = [s for s in studies if s not in labelled]  # test studies
-        labels = label_table(self.wide, studies)
-        if unlabelled:
-            labels = pd.concat([labels, label_table(None, unlabelled)], ignore_index=True)
-        return split_samples(labels, points, self.conditions)
+    def target_samples(self, studies, points_mm: pd.DataFrame) -> pd.DataFrame:
+        """Per-target rows of ``studies`` at ``points_mm``."""
+        from rsna2024.classifiers.samples import split_samples
 
-    def dataset(self, studies, spec: str, train: bool = False):
-        """The dataset of ``studies`` on the points ``spec`` names."""
-        raise NotImplementedError
+        return split_samples(self.labels(studies), points_mm, self.conditions)
 
     def build_datasets(self, ctx: FoldContext):
         self._setup(ctx)
@@ -180,29 +138,6 @@ class BaselineTask(Task):
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
         return {"probs": F.softmax(outputs.float().reshape(outputs.shape[0], -1, 3), dim=-1)}
 
-    # ----------------------------------------------------------------- evaluation
-    def oof_table(self, dataset, probs: np.ndarray, studies) -> pd.DataFrame:
-        """The submission-format table of ``studies`` (all 25 rows each) from the model's ``probs``."""
-        return stage_oof.assemble_oof(studies, dataset.prediction_rows(probs), self.prior, self.conditions)
-
-    def validate(self, preds, dataset, ctx) -> dict[str, float]:
-        from rsna2024.metric import SCORE_KEYS
-
-        scores = stage_oof.score_oof(self.oof_table(dataset, preds["probs"], ctx.valid_studies()), self.wide)
-        return {"score": scores["total"], **{f"score_{k}": scores[k] for k in SCORE_KEYS if k != "total"}}
-
-    def write_oof(self, model, ctx: FoldContext) -> list[Path]:
-        studies = ctx.valid_studies()
-        written = []
-        for points, spec in (("predicted", self.data.oof_points), ("true", TRUE_POINTS)):
-            ds = self.dataset(studies, spec)
-            oof = self.oof_table(ds, ctx.predict(model, ds)["probs"], studies)
-            log.info("%s fold %d OOF on %s points (%s): total %.4f", self.cfg.name, ctx.fold, points,
-                     points_file(spec, ctx), stage_oof.score_oof(oof, self.wide)["total"])
-            written.append(atomic_to_csv(oof, ctx.path(stage_oof.oof_name(points, ctx.fold))))
-        written += stage_oof.merge_folds(ctx.run_dir, self.cfg.folds, self.wide).values()
-        return written
-
     def image_model_params(self) -> dict:
         """``cfg.model.params`` with the input channels and image size of the data settings."""
         return {"in_chans": self.data.channels, "image_size": self.data.image_size, **self.cfg.model.params}
@@ -213,8 +148,9 @@ class TargetTask(BaselineTask):
 
     rule: ImageRule = "point"
 
-    def dataset(self, studies, spec: str, train: bool = False) -> TargetDataset:
-        return TargetDataset(self.samples(studies, spec), self.store, self.rule, self.data, train=train,
+    def points_dataset(self, studies, points_mm: pd.DataFrame, train: bool = False, memo: bool = False,
+                       ) -> TargetDataset:
+        return TargetDataset(self.target_samples(studies, points_mm), self.store, self.rule, self.data, train=train,
                              conditions=self.conditions, upsample=train and getattr(self.data, "upsample", False),
                              upsample_max_factor=getattr(self.data, "upsample_max_factor", None))
 
@@ -268,8 +204,9 @@ class S3CoordinateResnetTask(BaselineTask):
 
     DataConfig = S3Data
 
-    def dataset(self, studies, spec: str, train: bool = False) -> StudyDataset:
-        return StudyDataset(self.samples(studies, spec), self.store, self.data, train=train)
+    def points_dataset(self, studies, points_mm: pd.DataFrame, train: bool = False, memo: bool = False,
+                       ) -> StudyDataset:
+        return StudyDataset(self.target_samples(studies, points_mm), self.store, self.data, train=train)
 
     def model_params(self) -> dict:
         params = self.image_model_params()

@@ -27,30 +27,24 @@ replaced.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from rsna2024.classifiers.dataset import RoiDataset, SeriesStore, region_count
+from rsna2024.classifiers.dataset import RoiDataset, region_count
 from rsna2024.classifiers.models import class_logits, class_probabilities
-from rsna2024.classifiers.oof import assemble_oof, fold_prior, merge_folds, oof_name, score_oof
-from rsna2024.classifiers.roi import SPINAL, RoiConfig
-from rsna2024.classifiers.samples import global_samples, label_table, load_points, points_in_mm, split_samples
+from rsna2024.classifiers.point_task import DEFAULT_OOF_POINTS, TRUE_POINTS, PointTask, default_cache_folder
+from rsna2024.classifiers.roi import SPINAL, RoiConfig, side_of
+from rsna2024.classifiers.samples import global_samples, split_samples
 from rsna2024.constants import CLASS_WEIGHTS, CONDITION_GROUPS, CONDITIONS, LEVELS, PRED_COLUMNS
-from rsna2024.data.contract import COORDINATES_FILE, load_labels_wide
 from rsna2024.errors import ConfigError
-from rsna2024.metric import SCORE_KEYS
 from rsna2024.training.losses import severity_loss
-from rsna2024.training.task import FoldContext, Task, register_task
-from rsna2024.utils.io import atomic_to_csv
+from rsna2024.training.task import FoldContext, register_task
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
-TRUE_POINTS = "true"
-DEFAULT_OOF_POINTS = "{runs}/coords_oof.csv"
+__all__ = ["DEFAULT_OOF_POINTS", "TRUE_POINTS", "ClassifierData", "RoiTask", "default_cache_folder"]
 
 
 @dataclass(kw_only=True)
@@ -78,64 +72,18 @@ class ClassifierData:
             raise ConfigError(f"data.class_weights: three positive weights expected, got {self.class_weights}")
 
 
-def default_cache_folder(cache_root: str | Path, data_dir: str | Path) -> Path:
-    """The default-parameter cache folder of ``data_dir`` inside ``cache_root``."""
-    from rsna2024.dicom.cache import cache_dir
-
-    return cache_dir(cache_root, data_dir)
-
-
-class RoiTask(Task):
+class RoiTask(PointTask):
     """Shared logic of the four stage-2 tasks; subclasses set :attr:`conditions`."""
 
     DataConfig = ClassifierData
-    metric = "score"
-    mode = "min"
-    conditions: ClassVar[tuple[str, ...]] = ()
 
     # ----------------------------------------------------------------- data
-    def _setup(self, ctx: FoldContext) -> None:
-        self.ctx = ctx
-        cache = Path(self.data.cache) if self.data.cache else default_cache_folder(ctx.cache_root, ctx.data_dir)
-        self.store = SeriesStore(cache)
-        self.wide = load_labels_wide(ctx.data_dir)
-        self.prior = fold_prior(self.wide, ctx.train_studies())
-        self._points: dict[str, pd.DataFrame] = {}
-
-    def points_file(self, spec: str, ctx: FoldContext) -> Path:
-        """The coordinates file a ``*_points`` setting names (see the module docstring)."""
-        if spec == TRUE_POINTS:
-            return Path(ctx.data_dir) / COORDINATES_FILE
-        return Path(spec.format(runs=Path(ctx.run_dir).parent, data=ctx.data_dir))
-
-    def require_points(self, spec: str, ctx: FoldContext) -> Path:
-        """The file of a ``*_points`` setting, or a ConfigError saying how to make it."""
-        path = self.points_file(spec, ctx)
-        if not path.is_file():
-            raise ConfigError(f"points file {path} (from {spec!r}) not found: run the keypoint stage's "
-                              f"`rsna2024 coords` first, or set data.oof_points: true to predict on the true points")
-        return path
-
-    def points(self, spec: str, studies) -> pd.DataFrame:
-        """Points in patient mm of ``studies`` from the file ``spec`` names (read once per task)."""
-        path = self.require_points(spec, self.ctx)
-        key = str(path)
-        if key not in self._points:
-            self._points[key] = load_points(path)
-        table = self._points[key]
-        return points_in_mm(table[table["study_id"].isin([int(s) for s in studies])], self.store.load)
-
-    def sample_table(self, labels: pd.DataFrame, points_mm: pd.DataFrame | None) -> pd.DataFrame:
-        """The model's samples (split or global table) from long labels and points in mm."""
-        if self.is_global:
-            return global_samples(labels, points_mm)
-        return split_samples(labels, points_mm, self.conditions)
-
-    def samples(self, studies, spec: str) -> pd.DataFrame:
-        return self.sample_table(label_table(self.wide, studies), self.points(spec, studies))
-
-    def dataset(self, studies, spec: str, train: bool = False, memo: bool = False) -> RoiDataset:
-        ds = RoiDataset(self.samples(studies, spec), self.store, self.data.roi, self.conditions, train=train, memo=memo)
+    def points_dataset(self, studies, points_mm: pd.DataFrame, train: bool = False, memo: bool = False) -> RoiDataset:
+        """Regions of ``studies`` around ``points_mm``; training keeps the samples with a label and a region."""
+        labels = self.labels(studies)
+        samples = global_samples(labels, points_mm) if self.is_global else \
+            split_samples(labels, points_mm, self.conditions)
+        ds = RoiDataset(samples, self.store, self.data.roi, self.conditions, train=train, memo=memo)
         if train:
             keep = ds.usable()
             if not keep.all():
@@ -143,6 +91,9 @@ class RoiTask(Task):
                          self.name, int((~keep).sum()), len(keep))
             ds = RoiDataset(ds.samples[keep], self.store, self.data.roi, self.conditions, train=True, memo=memo)
         return ds
+
+    def dataset(self, studies, spec: str, train: bool = False, memo: bool = False) -> RoiDataset:
+        return self.points_dataset(studies, self.points(spec, studies), train=train, memo=memo)
 
     def build_datasets(self, ctx: FoldContext):
         self._setup(ctx)
@@ -155,6 +106,10 @@ class RoiTask(Task):
         valid = self.dataset(ctx.valid_studies(), self.data.valid_points, memo=memo)
         self._valid = (self.points_file(self.data.valid_points, ctx), valid)  # write_oof reuses it (and its regions)
         return train, valid
+
+    def oof_dataset(self, studies, spec: str, ctx: FoldContext) -> RoiDataset:
+        same = getattr(self, "_valid", (None, None))
+        return same[1] if same[0] == self.points_file(spec, ctx) else self.dataset(studies, spec)
 
     # ----------------------------------------------------------------- model and steps
     def level_logits(self) -> torch.Tensor:
@@ -178,6 +133,12 @@ class RoiTask(Task):
     def is_global(self) -> bool:
         return len(self.conditions) == len(CONDITIONS)
 
+    @property
+    def mirror_invariant(self) -> bool:
+        """A split model of one sided condition group sees each side as a left one (regions ordered medial to
+        lateral, the right recess mirrored): the patient's mirror only swaps its samples."""
+        return not self.is_global and all(side_of(c) for c in self.conditions)
+
     def model_params(self) -> dict:
         return {**self.cfg.model.params, "regions": region_count(self.conditions, self.data.roi),
                 "num_outputs": 3 * (len(CONDITIONS) if self.is_global else 1),
@@ -192,43 +153,17 @@ class RoiTask(Task):
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
         return {"probs": class_probabilities(outputs)}
 
-    @torch.no_grad()
-    def predict_studies(self, model, store: SeriesStore, studies, points_mm: pd.DataFrame | None,
+    def predict_studies(self, model, store, studies, points_mm: pd.DataFrame | None,
                         device: str | torch.device = "cpu", batch_size: int = 16) -> pd.DataFrame:
         """``row_id`` + the three class columns of ``studies`` from ``model`` (a trained fold model) on regions
-        cut from ``store`` around ``points_mm`` (:func:`~rsna2024.classifiers.samples.points_in_mm`); rows
-        without a region (point or series missing) are left out. Needs no fold context (reports, prediction)."""
-        ds = RoiDataset(self.sample_table(label_table(None, studies), points_mm), store, self.data.roi,
-                        self.conditions)
-        model.eval()
-        probs = []
-        for batch in torch.utils.data.DataLoader(ds, batch_size=batch_size):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            probs.append(self.predict(self.forward(model, batch), batch)["probs"].float().cpu().numpy())
-        return ds.prediction_rows(np.concatenate(probs) if probs else np.zeros((0, 3)))
+        cut from ``store`` around ``points_mm``; rows without a region (point or series missing) are left out.
+        Needs no fold context (the study report)."""
+        from rsna2024.training.trainer import predict_on
 
-    # ----------------------------------------------------------------- evaluation
-    def oof_table(self, dataset: RoiDataset, probs: np.ndarray, studies) -> pd.DataFrame:
-        """The submission-format table of ``studies`` from the model's ``probs`` on ``dataset``."""
-        return assemble_oof(studies, dataset.prediction_rows(probs), self.prior, self.conditions)
-
-    def validate(self, preds, dataset, ctx) -> dict[str, float]:
-        scores = score_oof(self.oof_table(dataset, preds["probs"], ctx.valid_studies()), self.wide)
-        return {"score": scores["total"], **{f"score_{k}": scores[k] for k in SCORE_KEYS if k != "total"}}
-
-    def write_oof(self, model, ctx: FoldContext) -> list[Path]:
-        studies = ctx.valid_studies()
-        written = []
-        for points, spec in (("predicted", self.data.oof_points), ("true", TRUE_POINTS)):
-            same = getattr(self, "_valid", (None, None))
-            ds = same[1] if same[0] == self.points_file(spec, ctx) else self.dataset(studies, spec)
-            oof = self.oof_table(ds, ctx.predict(model, ds)["probs"], studies)
-            scores = score_oof(oof, self.wide)
-            log.info("%s fold %d OOF on %s points (%s): total %.4f", self.cfg.name, ctx.fold, points,
-                     self.points_file(spec, ctx), scores["total"])
-            written.append(atomic_to_csv(oof, ctx.path(oof_name(points, ctx.fold))))
-        written += merge_folds(ctx.run_dir, self.cfg.folds, self.wide).values()
-        return written
+        self.use_store(store)
+        dataset = self.points_dataset(studies, points_mm)
+        return self.predicted_rows(model, dataset, lambda m, ds: predict_on(self, m.eval(), ds, torch.device(device),
+                                                                            batch_size=batch_size))
 
 
 @register_task("split_spinal")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -236,7 +237,8 @@ def summarize_index(index: pd.DataFrame) -> str:
 
 
 def preprocess(data_dir: str | Path, cache_root: str | Path | None = None, split: str = "all",
-               workers: int = 1, params: CacheParams | None = None, rebuild: bool = False) -> Path:
+               workers: int = 1, params: CacheParams | None = None, rebuild: bool = False,
+               studies: Collection[int] | None = None, progress: bool = True) -> Path:
     """Decode every series listed in ``<split>_series_descriptions.csv`` into the cache; return the
     path of the index file.
 
@@ -252,6 +254,11 @@ def preprocess(data_dir: str | Path, cache_root: str | Path | None = None, split
     data_dir = Path(data_dir)
     params = params or CacheParams()
     tasks = _tasks(data_dir, split)
+    if studies is not None:
+        wanted = {int(s) for s in studies}
+        tasks = [t for t in tasks if t["study_id"] in wanted]
+        if not tasks:
+            raise DataError(f"{data_dir}: none of the studies {sorted(wanted)[:5]} is listed in the {split} split")
     folder = cache_dir(default_cache_root(data_dir) if cache_root is None else cache_root, data_dir, params)
     folder.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(folder)  # what a killed run left half written
@@ -262,19 +269,21 @@ def preprocess(data_dir: str | Path, cache_root: str | Path | None = None, split
     log.info("preprocessing %d series of %s into %s with %d worker(s)%s", len(tasks), data_dir, folder, workers,
              " (rebuild)" if rebuild else "")
     jobs = (delayed(cache_series)(folder=folder, params=params, rebuild=rebuild, **t) for t in tasks)
-    progress = dict(total=len(tasks), desc="preprocess", unit="series")
+    bar = dict(total=len(tasks), desc="preprocess", unit="series", disable=not progress)
     if workers > 1:
-        rows = list(tqdm(Parallel(n_jobs=workers, return_as="generator_unordered")(jobs), **progress))
+        rows = list(tqdm(Parallel(n_jobs=workers, return_as="generator_unordered")(jobs), **bar))
     else:
-        rows = [fn(*a, **kw) for fn, a, kw in tqdm(jobs, **progress)]
+        rows = [fn(*a, **kw) for fn, a, kw in tqdm(jobs, **bar)]
 
     run = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     index = run
     index_path = folder / INDEX_FILE
     if index_path.exists():  # keep the rows of splits not processed in this run
         old = _read_index(index_path)
-        done = {"train", "test"} if split == "all" else {split}
-        index = pd.concat([old[~old["split"].isin(done)], index], ignore_index=True)
+        redone = old["split"].isin({"train", "test"} if split == "all" else {split})
+        if studies is not None:
+            redone &= old["study_id"].isin(wanted)
+        index = pd.concat([old[~redone], index], ignore_index=True)
     index = index.astype({c: "Int64" for c in ("study_id", "series_id", "n_slices", "dropped_slices", "rows",
                                                "columns")})
     index = index.sort_values(["split", "study_id", "series_id"], ignore_index=True)
@@ -333,4 +342,5 @@ def load_cached_series(cache: str | Path, study_id: int, series_id: int, mmap: b
         study_id=rec["study_id"], series_id=rec["series_id"], description=rec["description"],
         orientation=Orientation.from_dict(rec["orientation"]),
         stored=StoredGeometry(**{name: np.asarray(rec["stored"][name]) for name in _STORED_FIELDS}),
+        dropped=list(rec.get("dropped", [])),
     )

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from rsna2024.dicom.series import Projection, Series
+from rsna2024.dicom.series import Projection, Series, canonicalize
 
 DEFAULT_LEVEL_MAX_DISTANCE_MM = 5.0
 LEVEL_TABLE_COLUMNS = ("series_id", "slice_index", "instance_number", "level", "distance_mm", "x", "y")
@@ -22,6 +22,21 @@ def project_point(src: Series, instance_number: int, x: float, y: float, dst: Se
     """Project stored pixel (x, y) of slice ``instance_number`` of ``src`` into ``dst``: the nearest ``dst``
     slice's InstanceNumber, the stored pixel there and the distance (mm) from that slice's plane."""
     return dst.from_patient(src.to_patient(instance_number, x, y))
+
+
+#: The patient's left-right mirror in LPS mm (x -> -x), as a factor per axis.
+MIRROR_LR = np.array([-1.0, 1.0, 1.0])
+
+
+def mirror_series(series: Series) -> Series:
+    """The series of the patient mirrored left-right (LPS x -> -x), laid out canonically again: a sagittal
+    stack's slice order reverses, an axial slice's columns reverse. A pure re-indexing of the pixels (nothing
+    resampled); geometry, InstanceNumbers and ids carry over, the stored grids become the mirror's own."""
+    mirrored = Series(pixels=series.pixels, instance_numbers=series.instance_numbers,
+                      positions=series.positions * MIRROR_LR, row_dirs=series.row_dirs * MIRROR_LR,
+                      col_dirs=series.col_dirs * MIRROR_LR, spacings=series.spacings, study_id=series.study_id,
+                      series_id=series.series_id, description=series.description)
+    return canonicalize(mirrored)
 
 
 def lps_oriented_normal(series: Series) -> np.ndarray:

@@ -4,7 +4,7 @@
 
     dataset-metadata.json       id <user>/<slug>, title, licence CC0-1.0
     rsna2024-package.json       what is inside: kit version, runs and their folds, wheels, exclusions
-    runs/<experiment>/          each run's config.yaml and fold{k}_best.pt
+    runs/<experiment>/          each run's config.yaml, fold{k}_best.pt and prior.csv (when it has one)
     wheels/                     the kit's wheel (built from this checkout) and its dependencies' wheels
 
 ``<out>/kernel/``: ``kernel-metadata.json`` (a private notebook, GPU on, internet off, the competition and the
@@ -24,19 +24,20 @@ from pathlib import Path
 import yaml
 
 from rsna2024 import __version__
+from rsna2024.baselines.prior import PRIOR_FILE
 from rsna2024.errors import ConfigError
 from rsna2024.kaggle import COMPETITION, DEFAULT_EXCLUDE
 from rsna2024.kaggle import metadata as meta
 from rsna2024.kaggle import notebook as nbk
 from rsna2024.kaggle import wheels as wh
 from rsna2024.training.checkpoint import best_path, done_path
+from rsna2024.training.checkpoint import run_folds as checkpoint_folds
 from rsna2024.utils.io import check_overwrite
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
 MANIFEST = "rsna2024-package.json"
 RUN_FILES = "config.yaml"
-_BEST = re.compile(r"^fold(\d+)_best\.pt$")
 
 
 @dataclass
@@ -72,7 +73,7 @@ def run_folds(run_dir: Path) -> list[int]:
         raise ConfigError(f"{run_dir / RUN_FILES}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict) or "task" not in raw:
         raise ConfigError(f"{run_dir / RUN_FILES}: not an experiment config (no task)")
-    folds = sorted(int(m.group(1)) for p in run_dir.iterdir() if (m := _BEST.match(p.name)))
+    folds = checkpoint_folds(run_dir)
     if not folds:
         raise ConfigError(f"{run_dir}: no fold*_best.pt (no fold of this run has finished an epoch)")
     unfinished = [k for k in folds if not done_path(run_dir, k).is_file()]
@@ -92,6 +93,8 @@ def _copy_runs(runs: Sequence[Path], dest: Path) -> dict[str, list[int]]:
         folds = run_folds(run_dir)
         (dest / name).mkdir(parents=True)
         shutil.copy2(run_dir / RUN_FILES, dest / name / RUN_FILES)
+        if (run_dir / PRIOR_FILE).is_file():  # predict's fallback when the data folder has no train.csv
+            shutil.copy2(run_dir / PRIOR_FILE, dest / name / PRIOR_FILE)
         for k in folds:
             shutil.copy2(best_path(run_dir, k), best_path(dest / name, k))
         packaged[name] = folds

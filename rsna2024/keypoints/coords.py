@@ -17,7 +17,7 @@ Sagittal T2 runs first: its predicted spinal points choose the axial slice of ea
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,7 @@ class CoordinatePredictor:
     """Runs the keypoint runs over the studies of a split and collects their rows."""
 
     def __init__(self, runs: Sequence[KeypointRun], studies: StudySeries, study_folds: dict[int, int] | None,
-                 device: torch.device, batch_size: int = 8):
+                 device: torch.device, batch_size: int = 8, report: Callable[[int, str], None] | None = None):
         self.runs = {r.kind: r for r in runs}
         if len(self.runs) != len(runs):
             raise ConfigError(f"two runs of the same keypoint task among {[str(r.run_dir) for r in runs]}")
@@ -95,9 +95,12 @@ class CoordinatePredictor:
         self.batch_size = batch_size
         self.rows: list[dict] = []
         self.level_points: dict[int, dict[str, np.ndarray]] = {}
+        self.report = report  # also told of each study's problems: report(study_id, message)
 
     def _warn(self, study_id: int, what: str, cause: str) -> None:
         log.warning("study %s: no %s coordinates: %s", study_id, what, cause)
+        if self.report is not None:
+            self.report(int(study_id), f"no {what} coordinates: {cause}")
 
     def _predict(self, run: KeypointRun, samples: list[Sample]) -> pd.DataFrame:
         """Rows of ``samples`` (POINT_COLUMNS + fold): per fold model out of fold, or averaged over folds."""
@@ -201,6 +204,15 @@ class CoordinatePredictor:
         return out.sort_values(["study_id", "condition", "level"], ignore_index=True)
 
 
+def predict_points(runs: Sequence[KeypointRun], studies: StudySeries, device: torch.device, batch_size: int = 8,
+                   study_folds: dict[int, int] | None = None,
+                   report: Callable[[int, str], None] | None = None) -> pd.DataFrame:
+    """The coordinates table of every study of ``studies`` from loaded keypoint runs (``study_folds`` None:
+    the mean of every fold model, else each study by the model of its fold); ``report(study_id, message)`` is
+    told of each row left empty and why (besides the warning)."""
+    return CoordinatePredictor(runs, studies, study_folds, device, batch_size, report=report).predict(studies.study_ids)
+
+
 def predict_coordinates(data: str | Path, runs: Sequence[str | Path], split: str, cache: str | Path,
                         device: str = "auto", batch_size: int = 8, folds_path: str | Path | None = None,
                         slice_search_mm: float | None = None) -> pd.DataFrame:
@@ -232,7 +244,7 @@ def predict_coordinates(data: str | Path, runs: Sequence[str | Path], split: str
             if lacking:
                 raise RsnaError(f"{run.run_dir}: folds {lacking} have no best checkpoint; out-of-fold "
                                 f"coordinates need every fold")
-    return CoordinatePredictor(loaded, studies, study_folds, dev, batch_size).predict(study_ids)
+    return predict_points(loaded, studies, dev, batch_size, study_folds)
 
 
 def write_coordinates(data: str | Path, runs: Sequence[str | Path], split: str, out: str | Path, cache: str | Path,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,8 @@ def load_fold_model(run_dir: str | Path, fold: int, device: str | torch.device =
 
 def run_folds(run_dir: str | Path) -> list[int]:
     """The folds of a run folder that have a best checkpoint (``fold{k}_best.pt``), sorted."""
-    return sorted(int(p.name[4:].split("_")[0]) for p in Path(run_dir).glob("fold*_best.pt"))
+    found = (re.fullmatch(r"fold(\d+)_best\.pt", p.name) for p in Path(run_dir).glob("fold*_best.pt"))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def load_run_models(run_dir: str | Path, device: str | torch.device = "cpu", folds=None):

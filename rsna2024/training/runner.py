@@ -37,6 +37,8 @@ from rsna2024.utils.logging import get_logger
 log = get_logger(__name__)
 
 COORDS_FILES = {"train": "coords_oof.csv", "test": "coords_test.csv"}
+SUBMISSION_FILE = "submission.csv"  # <runs>/submission.csv: predict on the data folder's test split, after training
+SUBMISSION_INPUTS = "submission.inputs.json"
 COORDS_STEP = "coordinates"
 PENDING = {"pending": True}  # a coordinates file's provenance while it is being predicted
 # The classifiers' default ``data.oof_points`` (rsna2024.classifiers.tasks, not imported here: this module stays
@@ -771,7 +773,74 @@ def run_experiments(opts: RunOptions, planned: tuple[Plan, dict] | None = None) 
     failed = [r for r in results.values() if r.status in ("failed", "blocked")]
     if failed:
         log.error("%d job(s) did not finish: %s", len(failed), ", ".join(f"{r.name} ({r.status})" for r in failed))
-    return 1 if failed else 0
+        log.info("no submission: predict runs once every job has finished")
+        return 1
+    return predict_step(opts, plan)
+
+
+# --------------------------------------------------------------------------- the submission
+def submission_runs(opts: RunOptions, plan: Plan) -> list[Path]:
+    """The run folders the runner's submission blends: the keypoint runs and the classifier runs (split_*,
+    global), or the seed baselines when the plan has no classifier."""
+    kinds = {e.kind for e in plan.experiments}
+    predicting = "classifier" if "classifier" in kinds else "baseline"
+    return [opts.runs / e.name for e in plan.experiments if e.kind in ("keypoint", predicting)]
+
+
+def _submission_inputs(runs: list[Path], test_csv: Path) -> dict:
+    """What the submission depends on: each run's config and fold models (size, modification time) and the test
+    series descriptions."""
+    import hashlib
+
+    files = {str(run.name): {p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+                             for p in sorted([run / "config.yaml", *run.glob("fold*_best.pt")]) if p.is_file()}
+             for run in runs}
+    return {"runs": files, "test_series": hashlib.sha1(test_csv.read_bytes()).hexdigest()}
+
+
+def predict_step(opts: RunOptions, plan: Plan) -> int:
+    """``rsna2024 predict`` on the data folder's test split into ``<runs>/submission.csv`` (when the folder has test
+    studies), then where the submission is and how to package the runs for Kaggle. A submission made from the
+    same runs (``submission.inputs.json``) is kept; one the runs changed since is predicted again and replaced
+    (said in the log). 0 when done or nothing to do, 1 when predict failed."""
+    import json
+
+    from rsna2024.constants import SERIES_DESCRIPTIONS_FILE
+    from rsna2024.utils.io import atomic_write_text
+
+    test_csv = opts.data / SERIES_DESCRIPTIONS_FILE.format(split="test")
+    runs = submission_runs(opts, plan)
+    if not test_csv.is_file():
+        log.info("no submission: %s has no test split (%s)", opts.data, test_csv.name)
+        return 0
+    kinds = {e.kind for e in plan.experiments}
+    if "keypoint" not in kinds or not kinds & {"classifier", "baseline"}:
+        log.info("no submission: it needs keypoint runs and classifier (or baseline) runs among the experiments")
+        return 0
+    out, sidecar = opts.runs / SUBMISSION_FILE, opts.runs / SUBMISSION_INPUTS
+    inputs = _submission_inputs(runs, test_csv)
+    if out.is_file() and not sidecar.is_file():
+        log.info("%s exists and was not made by the runner: kept as it is", out)
+    elif out.is_file() and json.loads(sidecar.read_text()) == inputs:
+        log.info("%s is up to date (same runs and test studies)", out)
+    else:
+        if out.is_file():
+            log.warning("%s: the runs changed since it was made; predicting it again (it is replaced)", out)
+        from rsna2024.dicom.cache import default_cache_root
+        from rsna2024.inference.predict import predict_submission
+
+        try:
+            result = predict_submission(opts.data, runs, out, cache=opts.cache or default_cache_root(opts.data),
+                                        device=opts.device or "auto", overwrite=True, workers=opts.workers)
+        except Exception as exc:  # noqa: BLE001 - training is done; say why the submission is missing
+            log.error("predict failed: %s\n%s", exc, traceback.format_exc())
+            return 1
+        atomic_write_text(sidecar, json.dumps(inputs, indent=1))
+        print(result.format_summary())
+    print(f"submission: {out}\n"
+          f"Kaggle package of these runs: rsna2024 kaggle package --runs {' '.join(map(str, runs))} "
+          f"--name NAME --out kernels/build (then rsna2024 kaggle push; see kernels/README.md)")
+    return 0
 
 
 def _table_title(fold_ids: list[int], studies: int) -> str:

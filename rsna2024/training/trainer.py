@@ -201,14 +201,15 @@ def _loader(task: Task, dataset, batch_size: int, workers: int, sampler=None, sh
         drop_last=drop_last, worker_init_fn=seed_worker, generator=generator)
 
 
-def _run_inference(task: Task, model: nn.Module, loader, ctx: FoldContext, with_loss: bool):
+def _run_inference(task: Task, model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+                   with_loss: bool):
     """Predictions (lists of numpy arrays per key), loss sum and sample count over ``loader``."""
     model.eval()
     preds: dict[str, list[np.ndarray]] = {}
     loss_sum, count = 0.0, 0
-    with torch.no_grad(), _autocast(ctx.device, ctx.amp_dtype):
+    with torch.no_grad(), _autocast(device, amp_dtype):
         for batch in loader:
-            batch = to_device(batch, ctx.device)
+            batch = to_device(batch, device)
             outputs = task.forward(model, batch)
             n = batch_len(batch)
             if with_loss:
@@ -229,14 +230,21 @@ def _concat(parts: dict[str, list[np.ndarray]], index: np.ndarray) -> dict[str, 
     return out
 
 
+def predict_on(task: Task, model: nn.Module, dataset, device: torch.device, amp_dtype: torch.dtype | None = None,
+               batch_size: int = 16, workers: int = 0) -> dict[str, np.ndarray]:
+    """``task.forward`` + ``task.predict`` over ``dataset`` (eval mode, no grad, autocast to ``amp_dtype`` when
+    given), concatenated in dataset order, plus ``index``: inference outside a fold (``rsna2024 predict``)."""
+    loader = _loader(task, dataset, batch_size, workers, device=device)
+    parts, _, _ = _run_inference(task, model, loader, device, amp_dtype, with_loss=False)
+    return _concat(parts, np.arange(len(dataset)))
+
+
 def predict_dataset(task: Task, model: nn.Module, dataset, ctx: FoldContext,
                     batch_size: int | None = None) -> dict[str, np.ndarray]:
     """``task.predict`` outputs over ``dataset`` on this process, in dataset order, plus ``index``."""
     cfg = ctx.cfg
-    loader = _loader(task, dataset, batch_size or cfg.valid_batch_size or cfg.batch_size, cfg.workers,
-                     device=ctx.device)
-    parts, _, _ = _run_inference(task, model, loader, ctx, with_loss=False)
-    return _concat(parts, np.arange(len(dataset)))
+    return predict_on(task, model, dataset, ctx.device, ctx.amp_dtype,
+                      batch_size or cfg.valid_batch_size or cfg.batch_size, cfg.workers)
 
 
 # --------------------------------------------------------------------------- the fold trainer
@@ -399,7 +407,8 @@ class FoldTrainer:
 
     def validate(self) -> dict:
         """``valid_loss`` and the task's metrics over the whole valid set (gathered across ranks)."""
-        parts, loss_sum, count = _run_inference(self.task, self.model, self.valid_loader, self.ctx, with_loss=True)
+        parts, loss_sum, count = _run_inference(self.task, self.model, self.valid_loader, self.device,
+                                                   self.amp_dtype, with_loss=True)
         gathered = ddp.gather_objects((parts, self.valid_sampler.indices, loss_sum, count))
         index = np.concatenate([np.asarray(g[1], dtype=np.int64) for g in gathered])
         merged: dict[str, list[np.ndarray]] = {}
