@@ -333,7 +333,9 @@ class SetValue(DicomMutation):
             setattr(ds, self.keyword, self.value)
         except Exception:  # noqa: BLE001 - pydicom refuses the value for this file's encoding
             return False
-        return _save(ds, path) and False
+        # fewer Rows or Columns leave native pixel data padded, but compressed frames no longer fit
+        compressed = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed
+        return _save(ds, path) and self.keyword in ("Rows", "Columns") and compressed
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,15 @@ import pydicom
 import pytest
 from fuzz_helpers import (
     FALSE_SYNTAXES,
+    FUZZ_COLUMNS,
+    FUZZ_ROWS,
     FUZZ_SERIES,
     FUZZ_STUDY,
     FileBytes,
     PixelBytes,
     Reencode,
     SetRaw,
+    SetValue,
     apply_mutations,
     captured_logs,
     dicom_mutations,
@@ -47,7 +50,7 @@ from rsna2024.dicom.cache import load_cache_index, load_cached_series
 from rsna2024.dicom.reader import series_files
 from rsna2024.errors import DicomError
 
-DICOM_EXAMPLES = 60
+DICOM_EXAMPLES = 40
 SERIES_NAME = f"{FUZZ_STUDY}/{FUZZ_SERIES}"
 TAG = re.compile(r"\([0-9A-F]{4},[0-9A-F]{4}\)")
 # Reasons that name no tag but the file as a whole, and the reasons any slice may be dropped for
@@ -84,6 +87,8 @@ class Header:
         self.intercept = 0.0 if intercept in (None, "") else float(intercept)
         # the reader's defaults for a grayscale slice; the first Rows x Columns values (pydicom returns padding
         # that fills a whole second frame as one)
+        if "NumberOfFrames" in ds and not ds.NumberOfFrames:  # present but empty: one frame, as when absent
+            del ds.NumberOfFrames
         ds.setdefault("PhotometricInterpretation", "MONOCHROME2")
         ds.setdefault("SamplesPerPixel", 1)
         ds.setdefault("PixelRepresentation", 0)
@@ -188,10 +193,15 @@ def check_validate(data: Path, folder: Path, outcome, dropped: dict[str, str]) -
     dropped a file for a header problem or could not read it; the files it names are the ones the reader drops."""
     code, out, err = run_cli("validate", "--data", data, "--images")
     assert code == 0 and "Traceback" not in out + err, out + err
-    _, problems, _ = check_series_headers(folder)
+    sizes, problems, _ = check_series_headers(folder)
     flagged = {p.partition(": ")[0] for p in problems}
     warned = f"train_images/{SERIES_NAME}: " in out
     assert warned == bool(problems), out
+    # the label point (x 5.5, y 4.25 on InstanceNumber 3) is warned about when its slice is gone or too small
+    if file_names(folder):
+        assert ("label points on an InstanceNumber their series lacks" in out) == (3 not in sizes), out
+        rows, cols = sizes.get(3, (FUZZ_ROWS, FUZZ_COLUMNS))
+        assert ("label points outside their image" in out) == (not (5.5 <= cols - 0.5 and 4.25 <= rows - 0.5)), out
     for problem in problems:
         assert TAG.search(problem) or "unreadable DICOM file" in problem or MISORIENTED in problem, problem
     if isinstance(outcome, DicomError):
@@ -242,6 +252,7 @@ def check_preprocess(data: Path, cache: Path, outcome, dropped: dict[str, str]) 
 @example(mutations=[SetRaw(0, "InstanceNumber", b"1e30")])  # OverflowError: beyond int64
 @example(mutations=[SetRaw(0, "PixelSpacing", b"1e300\\1e300")])  # canonical positions 43 mm off (cancellation)
 @example(mutations=[Reencode(0, "explicit_big_endian"), PixelBytes(0, 240)])  # padding read as a 2nd frame: dropped
+@example(mutations=[Reencode(0, "rle"), SetValue(0, "Rows", 4)])  # the RLE decoder panics: BaseException ends the run
 def test_mutated_series_is_read_correctly_or_named(base_data, mutations):
     with fuzz_case("dicom"), tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

@@ -240,13 +240,20 @@ def parse_header(ds: pydicom.Dataset, path: str | Path) -> SliceHeader:
     )
 
 
-def read_header(path: str | Path) -> SliceHeader:
-    """Read and check one file's header without loading its pixel data; SliceError if unusable."""
+def read_dataset(path: str | Path, defer_size: int | None = None) -> pydicom.FileDataset:
+    """``pydicom.dcmread`` without pydicom's warnings about malformed values (the checks name what matters);
+    SliceError naming the file if it does not parse as DICOM."""
     try:
-        ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return pydicom.dcmread(path, defer_size=defer_size)
     except Exception as exc:  # noqa: BLE001 - any parsing failure makes the file unusable
         raise SliceError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
-    return parse_header(ds, path)
+
+
+def read_header(path: str | Path) -> SliceHeader:
+    """Read and check one file's header without loading its pixel data; SliceError if unusable."""
+    return parse_header(read_dataset(path, defer_size=_DEFER_BYTES), path)
 
 
 def duplicate_instances(slices: Sequence) -> list[tuple[int, int]]:

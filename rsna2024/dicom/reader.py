@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from rsna2024.dicom.header import SliceError, collect_slices, parse_header, tag_name
+from rsna2024.dicom.header import SliceError, collect_slices, parse_header, read_dataset, tag_name
 from rsna2024.dicom.orientation import MAX_SLICE_ANGLE_DEG, canonical_layout, misoriented_slices
 from rsna2024.dicom.series import Series, StoredGeometry
 from rsna2024.errors import DicomError
@@ -66,16 +66,17 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
 def _read_slice(path: Path) -> _Slice:
     """One slice; SliceError naming the file and the tag if it is unreadable or its header is invalid
     (the checks of :func:`rsna2024.dicom.header.parse_header`) or its pixels do not decode."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - any parsing failure makes the file unusable
-        raise SliceError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
+    ds = read_dataset(path)
     h = parse_header(ds, path)
     try:
         with warnings.catch_warnings():  # pydicom warns about padding it removes; the pixels are still right
             warnings.simplefilter("ignore", UserWarning)
             pixels = decode_pixels(ds)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure makes the file unusable
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any decoding failure makes the file unusable, a decoder's panic too
+        # (pylibjpeg's Rust decoders panic on a frame that does not fit Rows x Columns: pyo3's PanicException
+        # derives from BaseException, so ``except Exception`` lets it end the whole run)
         syntax = ds.file_meta.get("TransferSyntaxUID")
         named = "missing" if syntax is None else syntax if syntax.name == syntax else f"{syntax} ({syntax.name})"
         raise SliceError(path, f"tag {tag_name('PixelData')} cannot be decoded; {tag_name('TransferSyntaxUID')} = "
