@@ -1,5 +1,8 @@
 """Test helper (not a test module) of the fuzz suite (``tests/test_fuzz_*.py``): the per-example guard that
-counts cases and stops hangs, the hypothesis settings of each profile, and the in-process command runner.
+counts cases and stops hangs, the hypothesis settings of each profile, the in-process command runner, and the
+DICOM side: a tiny phantom series (:func:`write_fuzz_data`) and the mutations hypothesis draws for it
+(:func:`dicom_mutations`; each a :class:`DicomMutation` that can also be applied by hand, e.g. to damage studies
+of a test folder: ``apply_mutations(folder, [RemoveTag(0, "PixelSpacing"), FileBytes(1, "truncate", keep=0.5)])``).
 
 Profiles (loaded by ``conftest.py`` from ``HYPOTHESIS_PROFILE``): ``default`` draws the same cases on every run
 (derandomized, so the normal test command is reproducible) within the test budget; ``long`` (nightly) draws

@@ -419,6 +419,7 @@ ENCODING, NEWLINE = st.sampled_from(ENCODINGS), st.sampled_from(["\n", "\r\n"])
 @example(mutations=[SetColumn(1, "True")], encoding="utf-8", newline="\n", damage=Damage())  # read as 1.0
 @example(mutations=[ColumnOp(0, "add", "severe")], encoding="utf-8", newline="\n", damage=Damage())  # 2nd ignored
 @example(mutations=[RowOp(0, "ragged_long")], encoding="utf-8", newline="\n", damage=Damage())  # columns shifted
+@example(mutations=[SetCell(0, 0, "NA")], encoding="utf-8", newline="\n", damage=Damage())  # named "nan", not "NA"
 def test_fuzzed_submission_is_scored_exactly_or_named(base_csv, mutations, encoding, newline, damage):
     data, tables = base_csv
     long = labels_long(tables["train.csv"])

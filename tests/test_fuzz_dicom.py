@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,8 +26,10 @@ from fuzz_helpers import (
     FUZZ_COLUMNS,
     FUZZ_ROWS,
     FUZZ_SERIES,
+    FUZZ_STATS,
     FUZZ_STUDY,
     FileBytes,
+    FuzzHang,
     PixelBytes,
     Reencode,
     SetRaw,
@@ -73,7 +76,9 @@ class Header:
     """What one kept file's header says, parsed here without the kit."""
 
     def __init__(self, path: Path):
-        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():  # pydicom warns about values a mutation garbled; the reader kept the file
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path)
         self.name = path.name
         self.instance = int(round(float(ds["InstanceNumber"].value)))
         self.position = _numbers(ds, "ImagePositionPatient")
@@ -289,3 +294,12 @@ def test_validate_names_pixel_data_its_transfer_syntax_cannot_decode(base_data, 
         assert "tag PixelData (7FE0,0010) is not encapsulated, but TransferSyntaxUID (0002,0010)" in problems[0]
     else:  # an unknown syntax is named; big endian read over little-endian bytes garbles the tags themselves
         assert TAG.search(problems[0]), problems
+
+
+def test_a_case_that_hangs_fails_instead_of_blocking_the_suite():
+    """The per-case guard: a case running past its limit ends in FuzzHang (and is not counted as a fuzz case)."""
+    start = time.perf_counter()
+    with pytest.raises(FuzzHang, match="ran past 0.2 s"), fuzz_case("guard self-test", limit_s=0.2):
+        time.sleep(5)
+    assert time.perf_counter() - start < 2
+    FUZZ_STATS.pop("guard self-test")

@@ -98,10 +98,12 @@ def _header_problem(path: Path, encoding: str, columns: Sequence[str], long_rows
     return None
 
 
-def read_csv(path: str | Path, columns: Sequence[str], dtype=str) -> pd.DataFrame:
+def read_csv(path: str | Path, columns: Sequence[str], dtype=str, na_values: Sequence[str] | None = None,
+             ) -> pd.DataFrame:
     """Read a contract CSV, checking it exists, is text (see the module docstring), holds ``columns`` once each
     (extra columns are kept) and no row longer than its header. Every column is read as text (``dtype``): each
-    loader converts and checks its own columns, so a column of ``True``/``False`` is never read as 1/0."""
+    loader converts and checks its own columns, so a column of ``True``/``False`` is never read as 1/0.
+    Cells pandas takes for missing (empty, ``NA``, ``nan``, ...) are NaN, or only ``na_values`` when given."""
     path = Path(path)
     expected = f"expected a CSV file with columns {describe_items(columns, show=4)}"
     if path.is_dir():
@@ -121,7 +123,8 @@ def read_csv(path: str | Path, columns: Sequence[str], dtype=str) -> pd.DataFram
     try:
         with warnings.catch_warnings():  # a row longer than the header: pandas warns and drops its extra values
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(path, encoding=encoding, dtype=dtype, index_col=False)
+            missing = {} if na_values is None else {"keep_default_na": False, "na_values": list(na_values)}
+            df = pd.read_csv(path, encoding=encoding, dtype=dtype, index_col=False, **missing)
     except pd.errors.ParserWarning:
         df = None
     except UnicodeDecodeError as exc:
@@ -233,7 +236,7 @@ def load_submission(path: str | Path) -> pd.DataFrame:
     the values and row ids are checked by :func:`rsna2024.metric.check_submission`.
     """
     path = Path(path)
-    df = read_csv(path, SUBMISSION_COLUMNS)
+    df = read_csv(path, SUBMISSION_COLUMNS, na_values=[""])  # a row id "NA" is named as written, not as nan
     if df.empty:
         raise DataError(f"{path}: holds a header but no rows; expected one row per row_id")
     return df
