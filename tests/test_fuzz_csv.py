@@ -3,10 +3,11 @@ dropped, renamed, reordered, added twice; cells set to NaN, negative, > 1, garba
 shuffled, made ragged; row ids malformed or unknown; other encodings and line ends; empty, cut or garbage files)
 go through ``rsna2024 score`` and ``rsna2024 validate``.
 
-A small model of each file's contract, written here, says whether the mutated file is valid and, if not, what
-the message must name. A valid file gives exit 0 and exactly the score (or summary) of the table the test meant
-to write; an invalid one exit 2 for ``score`` (1 for ``validate``, which reports problems) with one error line
-naming the file and the column, row id or encoding at fault; never an exit 1 of ``score`` (an unexpected error).
+A small model written here reads the file's bytes (encoding rules, the csv module) and each file's contract, and
+says whether the file is valid and, if not, what a message may name. A valid file gives exit 0 and exactly the
+score (or summary) of the table the model read; an invalid one exit 2 for ``score`` (1 for ``validate``, which
+reports problems) with one error line naming the file and the column, row id or encoding at fault; never an
+exit 1 of ``score`` (an unexpected error) or a traceback.
 """
 from __future__ import annotations
 
