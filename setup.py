@@ -39,9 +39,10 @@ setup(
         "packaging>=21",
     ],
     extras_require={
-        # kaggle and six: the tests run the kaggle client's own metadata checks; nbclient + ipykernel execute notebooks
+        # kaggle and six: the tests run the kaggle client's own metadata checks; nbclient + ipykernel execute notebooks;
+        # hypothesis drives the fuzz suite (tests/test_fuzz_*.py)
         "dev": ["pytest>=7.4", "pyjpegls>=1.2", "ruff>=0.5", "kaggle>=1.6", "six", "nbclient>=0.7", "nbformat>=5",
-                "ipykernel>=6"],
+                "ipykernel>=6", "hypothesis>=6.100"],
         "kaggle": ["kaggle>=1.6", "six"],
         "wandb": ["wandb"],
     },

@@ -6,12 +6,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fuzz_helpers import fuzz_summary, register_profiles
 
 from rsna2024.synthetic.generate import generate_dataset
 from rsna2024.synthetic.quirks import TEST_QUIRKS
 
 PHANTOM_TRAIN_STUDIES = 8
 PHANTOM_TEST_STUDIES = 2
+
+register_profiles()  # hypothesis profile from HYPOTHESIS_PROFILE: default, or long (nightly; see bench/README.md)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many fuzz cases ran, and how long they took (shown by ``pytest -q`` too)."""
+    line = fuzz_summary()
+    if line:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

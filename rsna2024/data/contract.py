@@ -7,10 +7,13 @@ what was expected. Missing labels stay missing (NaN); nothing is filled in.
 Files are read as UTF-8 (with or without a byte-order mark); a file that starts with a UTF-16 byte-order
 mark (what some spreadsheet programs write as "Unicode text") is decoded as UTF-16. An empty file, binary
 data (NUL bytes, which includes UTF-16 without a byte-order mark), text in another encoding, a folder in
-the file's place or a file that cannot be opened is a DataError naming the file.
+the file's place or a file that cannot be opened is a DataError naming the file, and so is a required column
+named twice in the header or a row with more fields than the header (naming its line).
 """
 from __future__ import annotations
 
+import csv
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -72,9 +75,35 @@ def join_keys(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     return ["/".join(map(str, values)) for values in zip(*(df[c] for c in columns))]
 
 
-def read_csv(path: str | Path, columns: Sequence[str], dtype=None) -> pd.DataFrame:
-    """Read a contract CSV, checking it exists, is text (see the module docstring) and holds ``columns``
-    (extra columns are kept). ``dtype`` is passed to pandas."""
+def _rows(path: Path, encoding: str):
+    """(line number, fields) of each non-blank row of a text file that decodes, as the csv module splits it."""
+    with open(path, encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh)
+        for fields in reader:
+            if fields:
+                yield reader.line_num, fields
+
+
+def _header_problem(path: Path, encoding: str, columns: Sequence[str], long_rows: bool) -> str | None:
+    """Why the file's header does not name ``columns`` once each, or (``long_rows``: pandas warned) which row
+    holds more fields than the header (pandas would drop its extra values); None if neither."""
+    rows = _rows(path, encoding)
+    _, header = next(rows, (1, []))
+    repeated = [c for c in columns if header.count(c) > 1]
+    if repeated:
+        return f"column(s) {repeated} appear more than once in the header"
+    if long_rows:
+        line = next((line for line, fields in rows if len(fields) > len(header)), None)
+        return f"line {line or '?'} holds more fields than the header's {len(header)}"
+    return None
+
+
+def read_csv(path: str | Path, columns: Sequence[str], dtype=str, na_values: Sequence[str] | None = None,
+             ) -> pd.DataFrame:
+    """Read a contract CSV, checking it exists, is text (see the module docstring), holds ``columns`` once each
+    (extra columns are kept) and no row longer than its header. Every column is read as text (``dtype``): each
+    loader converts and checks its own columns, so a column of ``True``/``False`` is never read as 1/0.
+    Cells pandas takes for missing (empty, ``NA``, ``nan``, ...) are NaN, or only ``na_values`` when given."""
     path = Path(path)
     expected = f"expected a CSV file with columns {describe_items(columns, show=4)}"
     if path.is_dir():
@@ -92,12 +121,20 @@ def read_csv(path: str | Path, columns: Sequence[str], dtype=None) -> pd.DataFra
     if encoding is None:
         raise DataError(f"{path}: holds binary data (NUL bytes), not CSV text; {expected}, saved as UTF-8")
     try:
-        df = pd.read_csv(path, encoding=encoding, dtype=dtype)
+        with warnings.catch_warnings():  # a row longer than the header: pandas warns and drops its extra values
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            missing = {} if na_values is None else {"keep_default_na": False, "na_values": list(na_values)}
+            df = pd.read_csv(path, encoding=encoding, dtype=dtype, index_col=False, **missing)
+    except pd.errors.ParserWarning:
+        df = None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text ({exc.reason}); "
                         f"save it as UTF-8") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: not a readable CSV file ({' '.join(str(exc).split())}); {expected}") from exc
+    problem = _header_problem(path, encoding, columns, long_rows=df is None)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; {expected}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected columns {list(columns)}, "
@@ -199,7 +236,7 @@ def load_submission(path: str | Path) -> pd.DataFrame:
     the values and row ids are checked by :func:`rsna2024.metric.check_submission`.
     """
     path = Path(path)
-    df = read_csv(path, SUBMISSION_COLUMNS, dtype={"row_id": str})
+    df = read_csv(path, SUBMISSION_COLUMNS, na_values=[""])  # a row id "NA" is named as written, not as nan
     if df.empty:
         raise DataError(f"{path}: holds a header but no rows; expected one row per row_id")
     return df

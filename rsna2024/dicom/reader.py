@@ -7,6 +7,7 @@ JPEG-LS through pyjpegls where installed.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from rsna2024.dicom.header import SliceError, collect_slices, parse_header
+from rsna2024.dicom.header import SliceError, collect_slices, parse_header, read_dataset, tag_name
 from rsna2024.dicom.orientation import MAX_SLICE_ANGLE_DEG, canonical_layout, misoriented_slices
 from rsna2024.dicom.series import Series, StoredGeometry
 from rsna2024.errors import DicomError
@@ -50,28 +51,36 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     """
     bits = ds.get("BitsAllocated")
     if (ds.file_meta.get("TransferSyntaxUID") in _NATIVE_LE and bits in (8, 16)
-            and ds.get("BitsStored") == bits and ds.get("SamplesPerPixel", 1) == 1
+            and ds.get("BitsStored", bits) == bits and ds.get("SamplesPerPixel", 1) == 1
             and int(ds.get("NumberOfFrames", 1) or 1) == 1 and "PixelData" in ds):
         dtype = np.dtype(f"<{'i' if ds.get('PixelRepresentation', 0) else 'u'}{bits // 8}")
         rows, cols = int(ds.Rows), int(ds.Columns)
         data = ds.PixelData
         if len(data) >= rows * cols * dtype.itemsize:
             return np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
-    return ds.pixel_array
+    pixels = ds.pixel_array
+    # pydicom returns padding that fills whole frames as more frames; the slice is the first, as above
+    return pixels[0] if pixels.ndim == 3 else pixels
 
 
 def _read_slice(path: Path) -> _Slice:
     """One slice; SliceError naming the file and the tag if it is unreadable or its header is invalid
     (the checks of :func:`rsna2024.dicom.header.parse_header`) or its pixels do not decode."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - any parsing failure makes the file unusable
-        raise SliceError(path, f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
+    ds = read_dataset(path)
     h = parse_header(ds, path)
     try:
-        pixels = decode_pixels(ds)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure makes the file unusable
-        raise SliceError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
+        with warnings.catch_warnings():  # pydicom warns about padding it removes; the pixels are still right
+            warnings.simplefilter("ignore", UserWarning)
+            pixels = decode_pixels(ds)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any decoding failure makes the file unusable, a decoder's panic too
+        # (pylibjpeg's Rust decoders panic on a frame that does not fit Rows x Columns: pyo3's PanicException
+        # derives from BaseException, so ``except Exception`` lets it end the whole run)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        named = "missing" if syntax is None else syntax if syntax.name == syntax else f"{syntax} ({syntax.name})"
+        raise SliceError(path, f"tag {tag_name('PixelData')} cannot be decoded; {tag_name('TransferSyntaxUID')} = "
+                               f"{named} ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     if pixels.shape != (h.rows, h.columns):
         raise SliceError(path, f"decoded pixels have shape {pixels.shape}, but Rows x Columns = "
                                f"{h.rows} x {h.columns}")
