@@ -108,20 +108,6 @@ def fuzz_summary() -> str | None:
     return f"fuzz suite (profile {profile_name()}): {parts} cases in {seconds:.1f} s"
 
 
-@contextmanager
-def captured_logs(name: str = "rsna2024") -> Iterator[list[logging.LogRecord]]:
-    """The records logged under ``name`` (WARNING and above) while the block runs."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-
-
 def run_cli(*argv) -> tuple[int, str, str]:
     """``rsna2024 argv`` in this process: (exit code, stdout, stderr). The kit's log handlers are restored after."""
     logger = logging.getLogger("rsna2024")
