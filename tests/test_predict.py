@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fuzz_helpers import EveryFile, PixelBytes, RemoveTag, apply_mutations
 
 from rsna2024.baselines.prior import PRIOR_FILE, fit_prior, load_prior
 from rsna2024.cli import main
@@ -27,6 +28,7 @@ from rsna2024.metric import check_submission
 from rsna2024.training.runner import SUBMISSION_FILE, SUBMISSION_INPUTS
 
 NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES = 900001, 900002, 900003, 900004
+NO_POSITION, SHORT_PIXELS = 900005, 900006  # damaged by the fuzz suite's mutations, every file of one series
 POINT_BASELINES = ("s0_", "s1_", "s2_")  # S3 predicts every row of a study from one slice: left out here
 
 
@@ -49,12 +51,15 @@ def _damaged_test_folder(phantom: Path, root: Path) -> Path:
     """A test-only data folder (no train.csv, no sample_submission.csv): the phantom's test studies, plus three
     training studies copied under new ids and damaged: NO_AXIAL lacks its Axial T2 series (not listed, no folder),
     TRUNCATED has a truncated DICOM file in its Sagittal T2/STIR series, MISSING lists a Sagittal T1 series whose
-    folder is absent, NO_IMAGES lists three series and has no folder at all."""
+    folder is absent, NO_IMAGES lists three series and has no folder at all; with the fuzz suite's mutations,
+    NO_POSITION's Sagittal T2/STIR files lack ImagePositionPatient and SHORT_PIXELS's Axial T2 files have their
+    PixelData cut short."""
     data = root / "data"
     listed = [pd.read_csv(phantom / "test_series_descriptions.csv")]
     shutil.copytree(phantom / "test_images", data / "test_images")
     train = pd.read_csv(phantom / "train_series_descriptions.csv")
-    for new, old in zip((NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES), sorted(train["study_id"].unique())[:4]):
+    damaged = (NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES, NO_POSITION, SHORT_PIXELS)
+    for new, old in zip(damaged, sorted(train["study_id"].unique())[:len(damaged)]):
         if new != NO_IMAGES:
             shutil.copytree(phantom / "train_images" / str(old), data / "test_images" / str(new))
         listed.append(train[train["study_id"] == old].assign(study_id=new))
@@ -67,6 +72,8 @@ def _damaged_test_folder(phantom: Path, root: Path) -> Path:
     victim = sorted(folder(TRUNCATED, "Sagittal T2/STIR").glob("*.dcm"))[1]
     victim.write_bytes(victim.read_bytes()[:-1000])
     shutil.rmtree(folder(MISSING, SAGITTAL_T1))
+    apply_mutations(folder(NO_POSITION, "Sagittal T2/STIR"), [EveryFile(0, RemoveTag(0, "ImagePositionPatient"))])
+    apply_mutations(folder(SHORT_PIXELS, AXIAL_T2), [EveryFile(0, PixelBytes(0, -100))])
     desc.to_csv(data / "test_series_descriptions.csv", index=False)
     return data
 
@@ -113,7 +120,7 @@ def _expected_ids(data: Path) -> list[str]:
 def test_submission_is_complete_from_a_read_only_test_only_folder(damaged):
     written = pd.read_csv(damaged.result.out)
     expected = _expected_ids(damaged.data)
-    assert len(expected) == 6 * 25 and not (damaged.data / "sample_submission.csv").exists()
+    assert len(expected) == 8 * 25 and not (damaged.data / "sample_submission.csv").exists()
     check_submission(written, expected_row_ids=expected)
     assert list(written["row_id"]) == expected
     values = written[list(PRED_COLUMNS)].to_numpy()
@@ -126,7 +133,12 @@ def test_submission_is_complete_from_a_read_only_test_only_folder(damaged):
 
 def test_damaged_studies_are_named_with_their_cause_and_get_the_stored_prior(damaged, demo_runs):
     summary = damaged.result.summary.set_index("study_id")
-    assert {NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES} <= set(summary.index)
+    assert {NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES, NO_POSITION, SHORT_PIXELS} <= set(summary.index)
+    assert "ImagePositionPatient" in summary.loc[NO_POSITION, "cause"]
+    assert "PixelData" in summary.loc[SHORT_PIXELS, "cause"]
+    # (the study may hold a second Axial T2 series, which still places some levels)
+    assert summary.loc[NO_POSITION, "rows_from_prior"] >= 5 and summary.loc[SHORT_PIXELS, "rows_from_prior"] >= 1
+    assert "unreadable" in summary.loc[SHORT_PIXELS, "cause"]
     assert "no Axial T2 series" in summary.loc[NO_AXIAL, "cause"]
     assert "slice(s) dropped" in summary.loc[TRUNCATED, "cause"] and "PixelData" in summary.loc[TRUNCATED, "cause"]
     assert "does not exist" in summary.loc[MISSING, "cause"]
