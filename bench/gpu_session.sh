@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of bench/README.md in one go on a CUDA machine (about 10 minutes on one H200):
+# The GPU figures of bench/README.md in one go on a CUDA machine (sized for one 10-minute call; not yet run to the end):
 #   1. bench/gpu.py: two epochs of every full keypoint and ROI-classifier config on fold 0 of a 32-study
 #      full-size phantom (pretrained: none, as such a machine may have no internet), images/s and peak memory;
 #   2. bench/keypoints.py with bench/configs/gpu/ (the full DeepLabV3Plus + resnet34 at 256 px) on the
