@@ -164,26 +164,26 @@ def classifier_predictions(runs: Sequence[tuple[Path, Sequence[int]]], cache: Pa
     id the mean over the runs that predict it (``row_id``, the three columns, ``runs``: how many); rows no run
     predicts (no point or series) are absent. The one place the report asks the classifiers."""
     from rsna2024.classifiers.dataset import SeriesStore
+    from rsna2024.inference.ensemble import blend
+    from rsna2024.inference.predict import mean_rows
     from rsna2024.keypoints.coords import resolve_device
     from rsna2024.training.checkpoint import load_run_models
     from rsna2024.training.task import create_task
 
     dev = resolve_device(device)
     store = SeriesStore(cache)
-    tables = []
+    tables = {}
     for run_dir, folds in runs:
         cfg, models = load_run_models(run_dir, dev, folds)
         task = create_task(cfg)
-        per_fold = pd.concat([task.predict_studies(m, store, [study_id], points_mm, dev) for m in models.values()])
-        tables.append(per_fold.groupby("row_id")[list(PRED_COLUMNS)].mean())
+        tables[str(run_dir)] = mean_rows([task.predict_studies(m, store, [study_id], points_mm, dev)
+                                          for m in models.values()])
     columns = ["row_id", *PRED_COLUMNS, "runs"]
     if not tables:
         return pd.DataFrame(columns=columns)
-    both = pd.concat(tables)
-    out = both.groupby(level=0).mean()
-    out[list(PRED_COLUMNS)] = out[list(PRED_COLUMNS)].div(out[list(PRED_COLUMNS)].sum(axis=1), axis=0)
-    out["runs"] = both.groupby(level=0).size()
-    return out.rename_axis("row_id").reset_index()[columns]
+    out = blend(tables)
+    out["runs"] = out["row_id"].map(pd.concat(tables.values())["row_id"].value_counts())
+    return out[columns]
 
 
 # --------------------------------------------------------------------------- points
