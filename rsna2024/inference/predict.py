@@ -112,14 +112,11 @@ class ClassifierRun:
 
 def load_classifier_run(folder: RunFolder, device: torch.device) -> ClassifierRun:
     from rsna2024.classifiers.point_task import PointTask
-    from rsna2024.training.checkpoint import load_fold_model
+    from rsna2024.training.checkpoint import load_run_models
     from rsna2024.training.task import create_task
 
-    models, task = {}, None
-    for k in folder.folds:
-        model, cfg = load_fold_model(folder.path, k, device=device)
-        task = task or create_task(cfg)
-        models[k] = model
+    cfg, models = load_run_models(folder.path, device, folder.folds)
+    task = create_task(cfg)
     if not isinstance(task, PointTask):
         raise ConfigError(f"{folder.path}: task {folder.task!r} does not predict targets at keypoints")
     return ClassifierRun(folder, task, models)
