@@ -5,7 +5,6 @@ flip test-time augmentation against hand-mirrored series, and the errors for run
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import stat
 from pathlib import Path
@@ -26,6 +25,7 @@ from rsna2024.dicom.series import Series
 from rsna2024.inference.predict import mean_rows, predict_submission, swap_sides
 from rsna2024.metric import check_submission
 from rsna2024.training.runner import SUBMISSION_FILE, SUBMISSION_INPUTS
+from rsna2024.utils.logging import captured_warnings
 
 NO_AXIAL, TRUNCATED, MISSING, NO_IMAGES = 900001, 900002, 900003, 900004
 NO_POSITION, SHORT_PIXELS = 900005, 900006  # damaged by the fuzz suite's mutations, every file of one series
@@ -78,15 +78,6 @@ def _damaged_test_folder(phantom: Path, root: Path) -> Path:
     return data
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def damaged(phantom_dir, demo_runs, tmp_path_factory):
     """predict (the Python API) on the read-only damaged test folder with a temporary cache; the warnings
@@ -95,20 +86,18 @@ def damaged(phantom_dir, demo_runs, tmp_path_factory):
     data = _damaged_test_folder(phantom_dir, root)
     before, siblings = _listing(data), sorted(p.name for p in root.iterdir())
     _set_writable(data, False)
-    records = _Records()
-    logging.getLogger("rsna2024").addHandler(records)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         # one study per chunk: NO_IMAGES alone is a chunk in which every series fails
-        result = predict_submission(data, _runs(demo_runs), root / "out" / "submission.csv", device="cpu",
-                                    chunk_studies=1)
+        with captured_warnings() as messages:
+            result = predict_submission(data, _runs(demo_runs), root / "out" / "submission.csv", device="cpu",
+                                        chunk_studies=1)
     finally:
         torch.set_num_threads(threads)
-        logging.getLogger("rsna2024").removeHandler(records)
         after = _listing(data)
         _set_writable(data, True)
-    yield SimpleNamespace(data=data, root=root, result=result, warnings="\n".join(records.messages), before=before,
+    yield SimpleNamespace(data=data, root=root, result=result, warnings="\n".join(messages), before=before,
                           after=after, siblings=siblings)
 
 
