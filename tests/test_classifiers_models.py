@@ -9,7 +9,7 @@ from rsna2024.classifiers.models import class_probabilities, slice_windows
 from rsna2024.errors import ConfigError
 from rsna2024.models import create_model, list_models
 
-TINY = ["roi25d_tiny", "roi25d_tiny_mobilenet"]
+TINY = ["roi25d_tiny", "roi25d_tiny_mobilenet", "roi25d_tiny_cnn"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -95,3 +95,41 @@ def test_imagenet_without_network_says_which_file_to_provide(monkeypatch, tmp_pa
         create_model("roi25d_tiny", pretrained="imagenet")
     text = str(err.value)
     assert "timm/resnet10t" in text and "model.pretrained" in text and "model.safetensors" in text
+
+
+def test_plain_cnn_backbone_shapes_weights_and_errors(tmp_path):
+    from rsna2024.models.backbones import PlainCnn, build_backbone
+
+    net = build_backbone("plain_cnn", 5, 48, "none", {"width": 8, "stages": 3})
+    assert isinstance(net, PlainCnn) and net.num_features == 32
+    assert net(torch.randn(2, 5, 48, 48)).shape == (2, 32)
+    torch.save(net.state_dict(), tmp_path / "plain.pth")
+    again = build_backbone("plain_cnn", 5, 48, str(tmp_path / "plain.pth"), {"width": 8, "stages": 3})
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ConfigError, match="no ImageNet weights"):
+        build_backbone("plain_cnn", 3, 48, "imagenet")
+    with pytest.raises(ConfigError, match="plain_cnn"):
+        build_backbone("plain_cnn", 3, 48, "none", {"depth": 3})
+    with pytest.raises(ConfigError, match="plain_cnn"):  # the error lists the kit's backbones
+        build_backbone("plain_cnnn", 3, 48, "none")
+
+
+def test_tiny_cnn_learns_the_size_of_a_narrowed_structure():
+    """The demo's classifier tells a wide bright canal from a narrowed one within a few dozen steps."""
+    torch.manual_seed(0)
+    n, size = 64, 32
+    label = torch.arange(n) % 2
+    depth = torch.where(label == 1, 3, 8)  # rows of "CSF" at the centre: narrowed (1) or not (0)
+    rows = torch.arange(size)[None, :, None]
+    image = ((rows >= size // 2 - depth[:, None, None] // 2) & (rows < size // 2 + (depth[:, None, None] + 1) // 2))
+    x = image.float()[:, None, None].expand(n, 1, 3, size, size) + 0.3 * torch.randn(n, 1, 3, size, size)
+    model = create_model("roi25d_tiny_cnn", in_chans=3, window_stride=3, hidden=8)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), label)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert (model(x).argmax(1) == label).float().mean() > 0.95

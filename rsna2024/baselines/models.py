@@ -30,7 +30,7 @@ COORD_FEATURES = 3  # per target: x, y (fractions of the image's width and heigh
 
 def _backbone(name: str, in_chans: int, image_size: int | None, pretrained, params: dict | None) -> nn.Module:
     """A headless timm model (pooled features unless ``params`` sets ``global_pool: ''``)."""
-    from rsna2024.classifiers.models import build_backbone
+    from rsna2024.models.backbones import build_backbone
 
     return build_backbone(name, in_chans, image_size, pretrained, params)
 

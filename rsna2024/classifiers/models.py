@@ -10,8 +10,10 @@ Given the samples' levels, the buffer ``level_logits`` (levels x outputs, saved 
 the tasks set it to the log of the training folds' prior, and the head starts at zero, so an untrained model
 predicts the prior and training learns what the images add to it.
 
-Registered: ``roi25d`` (any timm backbone, default resnet18) and the tiny CPU variants ``roi25d_tiny``
-(resnet10t) and ``roi25d_tiny_mobilenet`` (mobilenetv3_small_050), for tests and demo configs at 32-64 px.
+Registered: ``roi25d`` (any backbone of :mod:`rsna2024.models.backbones`: a timm model, default resnet18, or the
+kit's ``plain_cnn``) and the tiny CPU variants ``roi25d_tiny_cnn`` (``plain_cnn``, the demo and bench configs'
+choice: it learns from scratch on 48 px regions), ``roi25d_tiny`` (resnet10t) and ``roi25d_tiny_mobilenet``
+(mobilenetv3_small_050), for tests and CPU configs at 32-64 px.
 ``pretrained``: ``none``, ``imagenet`` (timm's normal download, or a clear error naming the file to
 provide) or a local weights file/folder (:mod:`rsna2024.models.pretrained`).
 """
@@ -23,54 +25,12 @@ from torch import nn
 
 from rsna2024.constants import LEVELS
 from rsna2024.errors import ConfigError
-from rsna2024.models.pretrained import imagenet_unavailable, load_local_weights, parse_pretrained
+from rsna2024.models.backbones import build_backbone
 from rsna2024.models.registry import register_model
 
 LEVEL_COUNT = len(LEVELS)
 # ImageNet's mean and standard deviation averaged over RGB (the channels here are slices, all alike)
 IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226
-
-
-def _timm_backbone(name: str, in_chans: int, image_size: int | None, pretrained: bool, params: dict) -> nn.Module:
-    """A headless timm model (``num_classes=0``: pooled features); ``img_size`` only for models that take it."""
-    import timm
-
-    kwargs = dict(params)
-    if image_size is not None:
-        kwargs.setdefault("img_size", image_size)
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
-    except TypeError as exc:
-        if "img_size" in str(exc) and "img_size" not in params:
-            kwargs.pop("img_size")
-            return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
-        raise ConfigError(f"roi25d backbone {name!r}: {exc}") from exc
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise ConfigError(f"roi25d: unknown timm backbone {name!r} ({exc})") from exc
-        raise
-
-
-def build_backbone(name: str, in_chans: int, image_size: int | None, pretrained, params: dict | None = None,
-                   ) -> nn.Module:
-    """The backbone with ``pretrained`` weights: ``none``, ``imagenet`` or a local file/folder."""
-    import timm
-
-    params = dict(params or {})
-    weights = parse_pretrained(pretrained)
-    if weights != "imagenet":
-        backbone = _timm_backbone(name, in_chans, image_size, False, params)
-        if weights is not None:
-            load_local_weights(backbone, weights, [name, name.split(".")[0]])
-        return backbone
-    try:
-        return _timm_backbone(name, in_chans, image_size, True, params)
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - network, offline mode, missing cache: all mean "provide a file"
-        cfg = timm.models.get_pretrained_cfg(name)
-        raise imagenet_unavailable(f"backbone {name!r}", getattr(cfg, "hf_hub_id", None),
-                                   [name, name.split(".")[0]], exc) from exc
 
 
 def slice_windows(x: torch.Tensor, width: int, stride: int = 1) -> torch.Tensor:
@@ -156,6 +116,16 @@ def roi25d_tiny(backbone: str = "resnet10t", in_chans: int = 3, regions: int = 1
                 pretrained: str | None = "none", backbone_params: dict | None = None,
                 window_stride: int = 1) -> Roi25d:
     """Tiny variant (resnet10t, GRU 32) for tests and CPU demo configs at 32-64 px."""
+    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
+                  window_stride=window_stride)
+
+
+@register_model("roi25d_tiny_cnn")
+def roi25d_tiny_cnn(backbone: str = "plain_cnn", in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
+                    hidden: int = 32, dropout: float = 0.2, image_size: int | None = None,
+                    pretrained: str | None = "none", backbone_params: dict | None = None,
+                    window_stride: int = 1) -> Roi25d:
+    """Tiny variant (``plain_cnn`` of width 16, GRU 32) for CPU demo and bench configs: learns from scratch."""
     return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
                   window_stride=window_stride)
 
