@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from rsna2024.keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps, masked_mse, resize_points
+from rsna2024.keypoints.heatmaps import (
+    decode_heatmaps,
+    gaussian_heatmaps,
+    masked_mse,
+    resize_points,
+    spatial_cross_entropy,
+    to_heatmaps,
+)
 
 
 @pytest.mark.parametrize("shape,sigma", [((64, 64), 2.0), ((48, 80), 3.0), ((96, 40), 1.5)])
@@ -67,3 +74,38 @@ def test_masked_mse_ignores_masked_maps():
     assert loss.item() == pytest.approx(9.0 / 2)
     loss.backward()
     assert pred.grad is not None
+
+
+def test_spatial_cross_entropy_is_least_at_the_target_and_ignores_masked_maps():
+    target = torch.from_numpy(gaussian_heatmaps([[5.2, 3.9], [np.nan, np.nan]], (8, 12), 1.5)[0])[None]
+    mask = torch.tensor([[True, False]])
+    exact = torch.log(target.clamp_min(1e-30))  # logits whose softmax is the normalised target
+    flat = torch.zeros_like(target, requires_grad=True)
+    best = spatial_cross_entropy(exact, target, mask)
+    worse = spatial_cross_entropy(flat, target, mask)
+    assert best < worse
+    assert worse.item() == pytest.approx(np.log(8 * 12))  # uniform over 96 pixels
+    shifted = torch.roll(exact, 2, dims=-1)
+    assert spatial_cross_entropy(shifted, target, mask) > best
+    wrong_masked = exact.clone()
+    wrong_masked[0, 1] = torch.randn(8, 12)
+    assert spatial_cross_entropy(wrong_masked, target, mask) == pytest.approx(best.item())
+    worse.backward()
+    assert flat.grad[0, 0].abs().sum() > 0 and flat.grad[0, 1].abs().sum() == 0
+    assert spatial_cross_entropy(flat, target, torch.tensor([[False, False]])).item() == 0.0
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_spatial_logits_decode_to_the_point_with_a_heatmap_scale_confidence(as_tensor):
+    points = np.array([[20.3, 11.7], [3.6, 25.1]])
+    maps, _ = gaussian_heatmaps(points, (32, 40), 2.5)
+    logits = np.log(np.maximum(maps, 1e-30)) + 7.0  # softmax ignores a constant
+    logits = torch.from_numpy(logits) if as_tensor else logits
+    heat = to_heatmaps(logits, "spatial_ce", 2.5)
+    assert isinstance(heat, torch.Tensor) == as_tensor
+    decoded, conf = decode_heatmaps(heat)
+    assert np.abs(np.asarray(decoded) - points).max() < 0.05
+    assert np.all(np.abs(np.asarray(conf) - 1.0) < 0.1)  # 2 pi sigma^2 x the peak probability of that Gaussian
+    assert to_heatmaps(maps, "mse", 2.5) is maps
+    with pytest.raises(ValueError, match="spatial_ce"):
+        to_heatmaps(maps, "l1", 2.5)

@@ -46,14 +46,16 @@ def folds_file(phantom_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(phantom_dir, phantom_cache, folds_file, tmp_path_factory):
-    """The three tiny keypoint runs, both folds trained."""
+    """The three tiny keypoint runs, both folds trained (Sag T1 with the spatial cross-entropy, so the coordinate
+    tests read both kinds of model output)."""
     out = tmp_path_factory.mktemp("kp_runs")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for task in TASKS:
             for fold in (0, 1):
-                train_fold(tiny_config(task), phantom_dir, fold, out=out, cache=phantom_cache, folds_file=folds_file)
+                cfg = tiny_config(task, loss="spatial_ce" if task == "keypoint_sagt1" else "mse")
+                train_fold(cfg, phantom_dir, fold, out=out, cache=phantom_cache, folds_file=folds_file)
     finally:
         torch.set_num_threads(threads)
     return {task: out / task for task in TASKS}
@@ -96,6 +98,11 @@ def test_sagittal_flip_is_refused():
         from rsna2024.training.task import create_task
 
         create_task(tiny_config("keypoint_sagt1", augment={"hflip": 0.5}))
+
+
+def test_unknown_keypoint_loss_is_refused():
+    with pytest.raises(ConfigError, match="spatial_ce"):
+        tiny_config("keypoint_sagt2", loss="l1")
 
 
 def test_fold_outputs_are_oof_points(runs, folds_file):

@@ -114,7 +114,7 @@ class CoordinatePredictor:
             if not chosen:
                 continue
             ds = KeypointDataset(chosen, self.studies, data.image_size, data.sigma)
-            maps = predict_heatmaps(model, ds, self.device, self.batch_size)
+            maps = run.task.heatmaps(predict_heatmaps(model, ds, self.device, self.batch_size))
             rows = []
             for sample, m in zip(chosen, maps):
                 series = self.studies.load(sample.study_id, sample.series_id)

@@ -92,3 +92,38 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, pea
     per_map = err.mean(dim=(-2, -1))
     weight = mask.to(per_map.dtype)
     return (per_map * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+#: keypoint losses: ``mse`` (the recipe's: the model outputs heatmaps) and ``spatial_ce`` (the model outputs
+#: logits over the pixels of each map, trained by cross-entropy against the normalised Gaussian target)
+LOSSES = ("mse", "spatial_ce")
+
+
+def spatial_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy between the softmax over the pixels of each map of ``logits`` (B, K, H, W) and the
+    ``target`` Gaussian normalised to sum 1, averaged over the maps whose ``mask`` (B, K) is True.
+
+    Unlike the MSE on heatmaps it has no empty-map plateau: every step moves probability towards the point, so
+    small models trained from scratch on a few dozen images localise within a few epochs.
+    """
+    logp = torch.log_softmax(logits.float().flatten(-2), dim=-1)
+    t = target.float().flatten(-2)
+    t = t / t.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    per_map = -(t * logp).sum(dim=-1)
+    weight = mask.to(per_map.dtype)
+    return (per_map * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def to_heatmaps(outputs, loss: str, sigma: float):
+    """The heatmaps of a model's ``outputs`` (..., H, W) trained with ``loss``: as they are for ``mse``; for
+    ``spatial_ce`` the softmax over each map's pixels times 2 pi sigma^2, so that a predicted Gaussian of the
+    target's ``sigma`` peaks near 1 as an MSE heatmap does (the peak value stays comparable as a confidence).
+    Torch tensors in, tensors out, else numpy arrays."""
+    if loss == "mse":
+        return outputs
+    if loss != "spatial_ce":
+        raise ValueError(f"unknown keypoint loss {loss!r}; expected one of {list(LOSSES)}")
+    as_numpy = not isinstance(outputs, torch.Tensor)
+    t = torch.from_numpy(np.asarray(outputs, dtype=np.float32)) if as_numpy else outputs.float()
+    maps = torch.softmax(t.flatten(-2), dim=-1).reshape(t.shape) * (2 * np.pi * sigma ** 2)
+    return maps.numpy() if as_numpy else maps

@@ -1,15 +1,17 @@
 """The three keypoint tasks on the trainer's Task interface: ``keypoint_sagt2``, ``keypoint_sagt1``, ``keypoint_axial``.
 
-Each trains a heatmap model on its series type with the masked MSE loss, picks the best epoch by the median
-3-D point error in mm on the fold's valid studies (lower is better) and writes ``oof_fold{k}.csv``: the fold's
-held-out studies' predicted points (columns of :data:`rsna2024.keypoints.predict.POINT_COLUMNS` plus ``fold``).
+Each trains a heatmap model on its series type with the masked MSE loss (or, ``data.loss: spatial_ce``, a
+cross-entropy over each map's pixels: :func:`~rsna2024.keypoints.heatmaps.spatial_cross_entropy`), picks the
+best epoch by the median 3-D point error in mm on the fold's valid studies (lower is better) and writes
+``oof_fold{k}.csv``: the fold's held-out studies' predicted points (columns of
+:data:`rsna2024.keypoints.predict.POINT_COLUMNS` plus ``fold``).
 The axial task's own OOF file places its level slices with the TRUE Sagittal T2 points; ``rsna2024 coords`` is
 the end-to-end path that uses predicted ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,14 @@ from rsna2024.data.contract import load_coordinates, load_series_descriptions
 from rsna2024.errors import ConfigError
 from rsna2024.keypoints.augment import AugmentConfig, KeypointAugment
 from rsna2024.keypoints.datasets import KeypointDataset, image_size
-from rsna2024.keypoints.heatmaps import decode_heatmaps, masked_mse, resize_points
+from rsna2024.keypoints.heatmaps import (
+    LOSSES,
+    decode_heatmaps,
+    masked_mse,
+    resize_points,
+    spatial_cross_entropy,
+    to_heatmaps,
+)
 from rsna2024.keypoints.predict import POINT_COLUMNS, sample_rows
 from rsna2024.keypoints.samples import AXIAL_FLIP_PAIRS, Sample, study_samples
 from rsna2024.keypoints.studies import StudySeries, resolve_cache
@@ -38,6 +47,7 @@ class KeypointData:
     slices: int = 5  # channels: slices around the centre slice
     sigma: float = 10.0  # Gaussian sigma of the targets, px on the input grid
     peak_weight: float = 0.0  # loss weight 1 + peak_weight * target per pixel (0: plain MSE, as the recipe)
+    loss: Literal["mse", "spatial_ce"] = "mse"  # mse on heatmaps (the recipe), or cross-entropy over the pixels
     offset_mm: float = 16.8  # Sagittal T1: centre slices this far left and right of the middle
     max_distance_mm: float = 5.0  # Axial: farthest level point from a continuous stack's slice (at least half a
     # level spacing; per-disc blocks are assigned in spine order, see rsna2024.dicom.levels)
@@ -50,6 +60,8 @@ class KeypointData:
         if rows < 8 or cols < 8 or self.slices < 1 or self.sigma <= 0 or self.peak_weight < 0:
             raise ConfigError(f"data: image_size {self.image_size}, slices {self.slices}, sigma {self.sigma} and "
                               f"peak_weight {self.peak_weight} must be at least 8 px, 1 slice, above 0 and 0 or more")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"data.loss must be one of {list(LOSSES)}, got {self.loss!r}")
         if self.slice_search_mm < 0:
             raise ConfigError(f"data.slice_search_mm must be 0 (off) or more, got {self.slice_search_mm}")
 
@@ -116,10 +128,16 @@ class KeypointTask(Task):
         return {**self.cfg.model.params, "in_channels": self.data.slices, "classes": self.n_maps}
 
     def loss(self, outputs, batch) -> torch.Tensor:
+        if self.data.loss == "spatial_ce":
+            return spatial_cross_entropy(outputs, batch["target"], batch["mask"])
         return masked_mse(outputs, batch["target"], batch["mask"], self.data.peak_weight)
 
+    def heatmaps(self, outputs):
+        """The heatmaps (peak about 1 at a point) of the model's ``outputs``, whichever its loss."""
+        return to_heatmaps(outputs, self.data.loss, self.data.sigma)
+
     def predict(self, outputs, batch) -> dict[str, torch.Tensor]:
-        points, confidence = decode_heatmaps(outputs)
+        points, confidence = decode_heatmaps(self.heatmaps(outputs))
         return {"points": points, "confidence": confidence}
 
     def canonical_points(self, dataset: KeypointDataset, points: np.ndarray) -> list[np.ndarray]:
