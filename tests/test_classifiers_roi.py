@@ -2,6 +2,8 @@
 foraminal offsets, and the right subarticular side mirrored with its own (right) label."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,3 +178,41 @@ def test_spinal_sample_with_the_levels_axial_slices():
     alone = RoiDataset(samples, SeriesStore.from_series([sag, far]), cfg, ["spinal_canal_stenosis"])
     item = alone[[r["level"] for r in alone.rows].index("l3_l4")]
     assert item["image"][0, 1, 12, 12] == pytest.approx(1.0) and item["image"][1].max() == 0  # no axial slice near
+
+
+def test_memoised_training_jitter_is_a_crop_equal_to_a_fresh_cut_at_the_moved_centre():
+    import torch
+
+    sag = _sagittal([])
+    sag.pixels[:] = np.random.default_rng(0).random(sag.pixels.shape, dtype=np.float32)  # every pixel distinct
+    store = SeriesStore.from_series([sag])
+    wide = pd.DataFrame({"study_id": [1], **{t: ["Moderate"] for t in TARGET_COLUMNS}})
+    coords = pd.DataFrame({"study_id": [1], "series_id": [10], "instance_number": [4], "x": [200.0], "y": [100.0],
+                           "condition": ["Spinal Canal Stenosis"], "level": ["L3/L4"]})
+    samples = split_samples(label_table(wide, [1]), points_in_mm(load_points(coords), store.load),
+                            ["spinal_canal_stenosis"])
+    cfg = RoiConfig(size_mm=50.0, out_size=25, slices=3, jitter=Jitter(mm=4.0))
+    ds = RoiDataset(samples, store, cfg, ["spinal_canal_stenosis"], train=True, memo=True)
+    i = [r["level"] for r in ds.rows].index("l3_l4")
+    assert ds.crop and ds.margin == 6  # ceil(3 sd x 4 mm / 2 mm per output pixel)
+    point = sag.pixel_to_patient(3, 200, 100)
+    pitch = cfg.size_mm / cfg.out_size
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(12):
+        image = ds[i]["image"][0].numpy()
+        big = ds.memo[i][0].astype(np.float32)
+        m = ds.margin
+        # where the crop sits in the memoised region with its margin
+        (dy, dx), = [(a - m, b - m) for a in range(2 * m + 1) for b in range(2 * m + 1)
+                     if np.array_equal(big[:, a:a + 25, b:b + 25], image)]
+        shifts.add((dx, dy))
+        moved = point + dx * pitch * SAG_ROW + dy * pitch * SAG_COL  # whole output pixels along rows and columns
+        fresh = cut_region(sag, moved, RoiConfig(size_mm=50.0, out_size=25, slices=3))
+        np.testing.assert_allclose(image, fresh, atol=1e-3)  # float16 memo
+    assert len(shifts) > 3 and all(max(abs(dx), abs(dy)) <= 6 for dx, dy in shifts)
+    across_slices = RoiDataset(samples, store, replace(cfg, jitter=Jitter(mm=4.0, slices=1)),
+                               ["spinal_canal_stenosis"], train=True, memo=True)
+    assert across_slices.memo is None and not across_slices.crop  # cut afresh each time
+    evaluation = RoiDataset(samples, store, cfg, ["spinal_canal_stenosis"], memo=True)
+    np.testing.assert_allclose(evaluation[i]["image"][0].numpy(), cut_region(sag, point, cfg), atol=1e-3)

@@ -10,6 +10,7 @@ missing is all zeros.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from rsna2024.classifiers.roi import SPINAL, RoiConfig, axial_region, condition_region
+from rsna2024.classifiers.roi import SPINAL, Jitter, RoiConfig, axial_region, condition_region
 from rsna2024.classifiers.samples import MM_COLUMNS, has_point
 from rsna2024.constants import AXIAL_T2, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.dicom.series import Series
@@ -88,19 +89,34 @@ def region_count(conditions, cfg: RoiConfig) -> int:
     return slots + int(cfg.spinal_axial and SPINAL in conditions)
 
 
+def crop_margin(cfg: RoiConfig) -> int:
+    """Pixels kept on each side of a memoised training region so that its in-plane jitter (up to 3 standard
+    deviations of ``cfg.jitter.mm``) is a crop of it."""
+    return int(np.ceil(3 * cfg.jitter.mm * cfg.out_size / cfg.size_mm))
+
+
 class RoiDataset(Dataset):
     """Items of a split (``samples`` from :func:`~rsna2024.classifiers.samples.split_samples`) or global
     (:func:`~rsna2024.classifiers.samples.global_samples`) sample table.
 
     ``train`` turns on the jitter of ``cfg``; its random draws come from torch's generator, so the
     trainer's saved RNG state makes a resumed epoch see what the uninterrupted one would. ``memo`` keeps each
-    item's regions in memory (float16) once cut, when they are deterministic (evaluation, or training without
-    jitter); it pays off with DataLoader ``workers: 0`` (worker processes start empty every epoch).
+    item's regions in memory (float16) once cut; it pays off with DataLoader ``workers: 0`` (worker processes
+    start empty every epoch). With training jitter in the slice plane only (``jitter.slices: 0``) the regions
+    are kept with a margin of :func:`crop_margin` pixels and the jitter is a random crop, whole output pixels
+    (``size_mm / out_size``) apart and clipped at 3 standard deviations: the same squares a fresh cut at the
+    moved centre samples, without resampling the series every epoch. Jitter across slices is cut afresh.
     """
 
     def __init__(self, samples: pd.DataFrame, store: SeriesStore, cfg: RoiConfig, conditions, train: bool = False,
                  memo: bool = False):
-        self.memo: dict[int, np.ndarray] | None = {} if memo and not (train and cfg.jitter.active) else None
+        jitter = train and cfg.jitter.active
+        self.crop = memo and jitter and cfg.jitter.slices == 0
+        self.memo: dict[int, np.ndarray] | None = {} if memo and (not jitter or self.crop) else None
+        self.margin = crop_margin(cfg) if self.crop else 0
+        # what is cut: the region itself, or (crop jitter) the same pixel pitch with the margin around it
+        self.cut_cfg = replace(cfg, size_mm=cfg.size_mm * (cfg.out_size + 2 * self.margin) / cfg.out_size,
+                               out_size=cfg.out_size + 2 * self.margin, jitter=Jitter()) if self.crop else cfg
         self.samples = samples.reset_index(drop=True)
         self.rows = self.samples.to_dict("records")  # plain dicts: pandas row access is slow per item
         self.store = store
@@ -135,20 +151,30 @@ class RoiDataset(Dataset):
     def _point(row: dict, suffix: str) -> np.ndarray:
         return np.array([row[f"{c}{suffix}"] for c in MM_COLUMNS], dtype=float)
 
-    def _region(self, row: dict, condition: str, suffix: str, rng) -> np.ndarray:
+    def _region(self, row: dict, condition: str, suffix: str, cfg: RoiConfig, rng) -> np.ndarray:
         series = self.store.load(row["study_id"], row[f"series_id{suffix}"])
-        return condition_region(series, condition, row["level"], self._point(row, suffix), self.cfg, rng=rng)
+        return condition_region(series, condition, row["level"], self._point(row, suffix), cfg, rng=rng)
 
     def image(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        """(R, S, H, W) float32 regions of item ``i``."""
-        cfg = self.cfg
+        """(R, S, H, W) float32 regions of item ``i`` (with ``rng``: jittered as ``cfg.jitter`` says)."""
+        return self._cut(i, self.cfg, rng)
+
+    def _crop(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The crop jitter: per region a Gaussian shift of ``jitter.mm`` in whole output pixels (within the
+        margin) of the memoised ``regions`` (R, S, H + 2m, W + 2m)."""
+        m, n = self.margin, self.cfg.out_size
+        shifts = np.clip(np.rint(rng.normal(0.0, self.cfg.jitter.mm, (len(regions), 2)) * n / self.cfg.size_mm),
+                         -m, m).astype(int)
+        return np.stack([r[:, m + dy:m + dy + n, m + dx:m + dx + n] for r, (dx, dy) in zip(regions, shifts)])
+
+    def _cut(self, i: int, cfg: RoiConfig, rng: np.random.Generator | None) -> np.ndarray:
         row = self.rows[i]
         out = np.zeros((self.regions, cfg.slices, cfg.out_size, cfg.out_size), dtype=np.float32)
         slots = [(k, c, f"_{c}") for k, c in enumerate(CONDITIONS)] if self.is_global else \
             [(0, row["condition"], "")]
         for k, condition, suffix in slots:
             if self.present[i, k]:
-                out[k] = self._region(row, condition, suffix, rng)
+                out[k] = self._region(row, condition, suffix, cfg, rng)
         spinal_k = CONDITIONS.index(SPINAL) if self.is_global else 0
         if self.regions > len(slots) and self.present[i, spinal_k]:
             point = self._point(row, f"_{SPINAL}" if self.is_global else "")
@@ -164,8 +190,8 @@ class RoiDataset(Dataset):
         if self.memo is not None:
             image = self.memo.get(i)
             if image is None:
-                image = self.memo[i] = self.image(i).astype(np.float16)
-            image = image.astype(np.float32)
+                image = self.memo[i] = self._cut(i, self.cut_cfg, None).astype(np.float16)
+            image = (self._crop(image, rng) if self.crop else image).astype(np.float32)
         else:
             image = self.image(i, rng)
         return {"image": torch.from_numpy(image), "target": torch.from_numpy(self.labels(i)),
