@@ -28,7 +28,7 @@ def parse_args(argv=None):
                    "or data/phantom with --demo)")
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache root (default: <data>/../cache)")
     p.add_argument("--workers", type=int, default=2, help="processes for the phantom and the preprocessing")
-    p.add_argument("--demo-studies", type=int, default=24, help="training studies of the demo phantom")
+    p.add_argument("--demo-studies", type=int, default=60, help="training studies of the demo phantom")
     add_run_arguments(p, experiments_default="experiments/, or experiments/demo/ with --demo",
                       runs_default="runs, or runs/demo with --demo")
     return p.parse_args(argv)
