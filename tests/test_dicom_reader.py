@@ -185,6 +185,30 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path):
     assert s.pixels[:, 3, 3].tolist() == [15 * 2.5 - 100, 5 * 2.5 - 100]  # axial: head (z = 3) first
 
 
+def test_monochrome1_is_inverted_so_that_bright_stays_bright(tmp_path):
+    """MONOCHROME1 displays its lowest value white: the reader negates the rescaled values, so after the cache's
+    normalisation a MONOCHROME1 series equals the MONOCHROME2 series with inverted stored values."""
+    from rsna2024.dicom.normalize import NormalizeParams, intensity_range, normalize
+
+    img = np.arange(16 * 12).reshape(16, 12) % 97
+    series = {}
+    for photometric, stored in (("MONOCHROME1", img), ("MONOCHROME2", 200 - img)):
+        folder = _series_dir(tmp_path / photometric)
+        for k in range(2):
+            path = folder / f"{k}.dcm"
+            write_mr_slice(path, stored, SliceGeometry((0, 0, 3.0 * k), (1, 0, 0), (0, 1, 0), (0.5, 0.5), 3.0),
+                           instance_number=k + 1, series_description="Axial T2", study_id=1, series_id=2,
+                           rescale=(2.0, 10.0))
+            ds = pydicom.dcmread(path)
+            ds.PhotometricInterpretation = photometric
+            ds.save_as(path)
+        series[photometric] = read_series(folder).pixels
+    np.testing.assert_allclose(series["MONOCHROME1"][0], -(2.0 * img + 10.0))
+    params = NormalizeParams()
+    one, two = (normalize(p, params, value_range=intensity_range(p, params)) for p in series.values())
+    np.testing.assert_allclose(one, two, atol=1e-6)
+
+
 def test_minority_size_slice_is_resampled_with_geometry_kept(tmp_path, caplog):
     folder = _series_dir(tmp_path)
     geo = dict(row_dir=(1, 0, 0), col_dir=(0, 1, 0), thickness=3.0)

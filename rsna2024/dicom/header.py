@@ -74,7 +74,7 @@ class SliceHeader:
     row_dir: np.ndarray  # (3,) unit, increasing column index x
     col_dir: np.ndarray  # (3,) unit, increasing row index y
     spacing: np.ndarray  # (2,) (row spacing, column spacing), mm, > 0
-    slope: float
+    slope: float  # the rescale, negated for MONOCHROME1 (whose lowest value is displayed white)
     intercept: float
     rows: int
     columns: int
@@ -232,6 +232,8 @@ def parse_header(ds: pydicom.Dataset, path: str | Path) -> SliceHeader:
     if abs(slope) * 2.0 ** int(bits) + abs(intercept) > float(np.finfo(np.float32).max):
         raise SliceError(path, f"tags {tag_name('RescaleSlope')} = {slope:g} and {tag_name('RescaleIntercept')} = "
                                f"{intercept:g} take {bits}-bit values beyond float32")
+    if str(tag_value(ds, "PhotometricInterpretation", path, "MONOCHROME2")).strip() == "MONOCHROME1":
+        slope, intercept = -slope, -intercept  # minimum is white: negated, bright stays bright after normalising
     return SliceHeader(
         path=path, instance_number=int(instance), position=position,
         row_dir=row_dir, col_dir=col_dir, spacing=spacing, slope=slope, intercept=intercept,
