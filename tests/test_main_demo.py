@@ -90,6 +90,13 @@ def test_demo_runs_every_stage_and_prints_the_oof_table(demo):
         assert re.search(rf"{re.escape(row.experiment)}\s+\S+\s+{row.models}\s+{row.total:.4f}", first.stdout), \
             row.experiment
     assert "Keypoint OOF 3-D error (mm)" in first.stdout
+    # the comparison of the seed baselines with the recipe on the same folds, printed and written
+    baselines = [e.name for e in plan.experiments if e.kind == "baseline"]
+    assert baselines and "Comparison on the same folds and stage-1 points" in first.stdout
+    compare = pd.read_csv(runs / "compare" / "compare.csv")
+    assert {"prior", *baselines, *(e.name for e in classifiers), "split+global"} <= set(compare["model"])
+    for row in compare.itertuples():
+        assert f"| {row.model} | {row.kind} | {row.runs} | {row.total:.4f} |" in first.stdout, row.model
     assert re.search(r"keypoint_sagt2 fold 1: done in [0-9.]+ (s|min)", first.stderr)
     # then predict on the test split: the submission, and how to package the runs for Kaggle
     test_ids = sorted(pd.read_csv(data / "test_series_descriptions.csv")["study_id"].unique())

@@ -34,7 +34,7 @@ from rsna2024.classifiers.oof import blend_oof, oof_name
 from rsna2024.constants import LABELS, PRED_COLUMNS, SUBMISSION_COLUMNS
 from rsna2024.errors import RsnaError
 from rsna2024.metric import SCORE_KEYS
-from rsna2024.utils.io import atomic_path, atomic_to_csv, atomic_write_text
+from rsna2024.utils.io import atomic_path, atomic_write_text
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -237,11 +237,17 @@ def safe_name(name: str) -> str:
 
 def write_table(table: pd.DataFrame, matrices: dict[str, np.ndarray], out_dir: Path, title_suffix: str = "",
                 ) -> list[Path]:
-    """``compare.csv``, ``compare.md`` and one ``confusion_<model>.png`` per row into ``out_dir``."""
-    if (out_dir / CSV_FILE).exists():
+    """``compare.csv``, ``compare.md`` and one ``confusion_<model>.png`` per row into ``out_dir``; nothing is
+    rewritten when the folder already holds this table and its figures (a rerun of finished runs)."""
+    csv, md = out_dir / CSV_FILE, out_dir / MARKDOWN_FILE
+    pngs = {name: out_dir / f"confusion_{safe_name(name)}.png" for name in matrices}
+    text = table.to_csv(index=False)
+    if csv.is_file() and csv.read_text() == text and md.is_file() and all(p.is_file() for p in pngs.values()):
+        log.info("compare: %s unchanged", out_dir)
+        return [csv, md, *pngs.values()]
+    if csv.exists():
         log.info("compare: replacing the table in %s", out_dir)
-    files = [atomic_to_csv(table, out_dir / CSV_FILE),
-             atomic_write_text(out_dir / MARKDOWN_FILE, format_markdown(table))]
+    files = [atomic_write_text(csv, text), atomic_write_text(md, format_markdown(table))]
     for name, matrix in matrices.items():
-        files.append(plot_confusion(matrix, out_dir / f"confusion_{safe_name(name)}.png", f"{name} ({title_suffix})"))
+        files.append(plot_confusion(matrix, pngs[name], f"{name} ({title_suffix})"))
     return files

@@ -142,3 +142,17 @@ def keypoint_errors(data_dir: str | Path, coords: Path, out: Path, cache: str | 
     overall = table[table["level"] == "all"].drop(columns=["level"])
     text = overall.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}")
     return f"Keypoint OOF 3-D error (mm) of {coords.name}, all levels (per level: {errors_csv})\n{text}"
+
+
+def comparison(data_dir: str | Path, run_dirs: Sequence[Path], out: Path, folds_file: Path | None = None) -> str | None:
+    """``rsna2024 compare`` of the finished ``run_dirs`` (seed baselines and two-stage classifiers) written to
+    ``out`` and returned as Markdown with a title; None (with a warning) when they cannot be compared."""
+    from rsna2024.baselines.compare import CompareError, compare_runs, format_markdown
+
+    try:
+        table = compare_runs(data_dir, run_dirs, out_dir=out, folds_file=folds_file)
+    except (CompareError, OSError) as exc:
+        log.warning("no comparison table: %s", exc)
+        return None
+    return (f"Comparison on the same folds and stage-1 points (rsna2024 compare; {out / 'compare.md'}, "
+            f"confusion matrices beside it)\n{format_markdown(table)}")

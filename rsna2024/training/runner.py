@@ -758,14 +758,22 @@ def run_experiments(opts: RunOptions, planned: tuple[Plan, dict] | None = None) 
 
     classifiers = [(e.name, e.family) for e in plan.experiments if e.kind == "classifier"]
     unfinished = {}
-    for name, _ in classifiers:
-        bad = [results[builder.fold_job(name, k)] for k in fold_ids if not results[builder.fold_job(name, k)].ok]
+    for e in plan.experiments:
+        if e.kind not in ("classifier", "baseline"):
+            continue
+        bad = [results[builder.fold_job(e.name, k)] for k in fold_ids if not results[builder.fold_job(e.name, k)].ok]
         if bad:
             why = bad[0].message.split(";")[0]
-            unfinished[name] = f"fold {bad[0].name.rsplit(' ', 1)[-1]} {bad[0].status}: {why}"
+            unfinished[e.name] = f"fold {bad[0].name.rsplit(' ', 1)[-1]} {bad[0].status}: {why}"
     table = report.oof_table(opts.data, opts.runs, classifiers, folds, fold_ids, unfinished)
     print(report.format_table(table, _table_title(fold_ids, int(table["studies"].iloc[-1]))))
     report.write_table(table, opts.runs)
+    compared = [opts.runs / e.name for e in plan.experiments
+                if e.kind in ("baseline", "classifier") and e.name not in unfinished]
+    if any(e.kind == "baseline" for e in plan.experiments) and compared:
+        text = report.comparison(opts.data, compared, opts.runs / "compare", opts.data / FOLDS_FILE)
+        if text:
+            print(text)
     errors = report.keypoint_errors(opts.data, opts.runs / COORDS_FILES["train"], opts.runs / "keypoint_report",
                                     opts.cache)
     if errors is not None:
