@@ -1,6 +1,7 @@
 """The 2.5D ROI classifier family: slice windows, every tiny variant forward/backward, pretrained weights."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from toy_task import one_thread  # noqa: F401 - used by pytestmark
@@ -133,3 +134,26 @@ def test_tiny_cnn_learns_the_size_of_a_narrowed_structure():
     model.eval()
     with torch.no_grad():
         assert (model(x).argmax(1) == label).float().mean() > 0.95
+
+
+def test_head_groups_make_each_output_group_read_its_own_regions_only():
+    torch.manual_seed(0)
+    groups = [[0, 5], [1], [2], [3], [4]]  # the global model with spinal_axial: spinal also reads region 5
+    model = create_model("roi25d_tiny_cnn", regions=6, num_outputs=15, head_groups=groups).eval()
+    torch.nn.init.normal_(model.head[1].weight)  # a trained-looking head (it starts at zero)
+    x = torch.rand(2, 6, 3, 32, 32)
+    base = model(x).reshape(2, 5, 3)
+    for region, readers in [(0, {0}), (2, {2}), (5, {0})]:
+        moved = x.clone()
+        moved[:, region] = torch.rand_like(moved[:, region])
+        changed = (model(moved).reshape(2, 5, 3) - base).abs().amax(dim=(0, 2)) > 1e-6
+        assert set(np.flatnonzero(changed.numpy())) == readers, region
+    dense = create_model("roi25d_tiny_cnn", regions=6, num_outputs=15).eval()
+    torch.nn.init.normal_(dense.head[1].weight)
+    moved = x.clone()
+    moved[:, 2] = torch.rand_like(moved[:, 2])
+    assert ((dense(moved) - dense(x)).reshape(2, 5, 3).abs().amax(dim=(0, 2)) > 1e-6).all()  # dense: all change
+    assert "head_mask" not in model.state_dict()  # derived from the config, so older checkpoints still load
+    for bad in ([[0], [1]], [[0], [1], [2], [3], [6]], [[0], [], [2], [3], [4]]):
+        with pytest.raises(ConfigError, match="head_groups"):
+            create_model("roi25d_tiny_cnn", regions=6, num_outputs=15, head_groups=bad)

@@ -212,3 +212,24 @@ def test_interrupted_fold_resumes_to_the_same_oof(phantom_dir, phantom_cache, st
     train_fold(cfg, phantom_dir, 0, out=runs["resumed"], **kwargs)
     a, b = (pd.read_csv(runs[n] / cfg.name / "oof_fold0.csv") for n in ("straight", "resumed"))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_own_region_head_routes_each_condition_to_its_regions(phantom_dir, phantom_cache, stage2):
+    from rsna2024.training.task import create_task
+
+    def groups(task, head, spinal_axial=False):
+        cfg = _config(task, f"{task}_head", roi={"out_size": 32, "slices": 3, "spinal_axial": spinal_axial})
+        cfg.model.params["head"] = head
+        return create_task(cfg).model_params().get("head_groups")
+
+    assert groups("global", "own_region") == [[0], [1], [2], [3], [4]]
+    assert groups("global", "own_region", spinal_axial=True)[CONDITIONS.index("spinal_canal_stenosis")] == [0, 5]
+    assert groups("global", "dense") is None and groups("split_foraminal", "own_region") is None
+    with pytest.raises(ConfigError, match="model.params.head"):
+        groups("global", "per_level")
+    cfg = _config("global", "global_own", epochs=1)
+    cfg.model.params["head"] = "own_region"
+    result = _train(cfg, phantom_dir, phantom_cache, stage2, 1)
+    assert np.isfinite(result.best_value)
+    model = torch.load(stage2["runs"] / cfg.name / "fold1_best.pt", weights_only=False)["model"]
+    assert "head_mask" not in model

@@ -6,6 +6,9 @@ mean and deviation before the backbone). Each slice ``s`` of each region (or eve
 it (edge slices repeated), giving one feature vector per window; a bidirectional GRU runs over them and its
 outputs are averaged. The R region vectors are concatenated and a linear head gives ``num_outputs`` logits: 3
 for a split model (one condition), 15 = 5 conditions x 3 for the global model (reshaped by the task to (5, 3)).
+``head_groups`` (one list of region indices per group of 3 outputs) restricts each output group to its own
+regions (a block-sparse head): the global model's ``head: own_region`` gives each condition the regions cut for
+it, so one misplaced region no longer spoils the other conditions, while backbone and GRU stay shared.
 Given the samples' levels, the buffer ``level_logits`` (levels x outputs, saved with the weights) is added:
 the tasks set it to the log of the training folds' prior, and the head starts at zero, so an untrained model
 predicts the prior and training learns what the images add to it.
@@ -18,6 +21,8 @@ choice: it learns from scratch on 48 px regions), ``roi25d_tiny`` (resnet10t) an
 provide) or a local weights file/folder (:mod:`rsna2024.models.pretrained`).
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +61,7 @@ class Roi25d(nn.Module):
 
     def __init__(self, backbone: nn.Module, in_chans: int, regions: int, num_outputs: int, hidden: int = 256,
                  dropout: float = 0.2, window_stride: int = 1, input_mean: float = IMAGENET_MEAN,
-                 input_std: float = IMAGENET_STD):
+                 input_std: float = IMAGENET_STD, head_groups: Sequence[Sequence[int]] | None = None):
         super().__init__()
         _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
         if input_std <= 0:
@@ -74,6 +79,8 @@ class Roi25d(nn.Module):
         nn.init.zeros_(self.head[1].bias)
         # per level, logits added to the head's output (the task fills them with the training prior's log)
         self.register_buffer("level_logits", torch.zeros(LEVEL_COUNT, num_outputs))
+        # which region features each output reads (all of them unless head_groups says otherwise)
+        self.register_buffer("head_mask", head_mask(head_groups, regions, num_outputs, 2 * hidden), persistent=False)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, num_outputs)`` of regions ``x``; with ``level`` (B,) indices into the levels, plus
@@ -86,58 +93,68 @@ class Roi25d(nn.Module):
         n = windows.shape[1]
         feats = self.backbone(windows.reshape(b * r * n, self.in_chans, h, w)).reshape(b * r, n, -1)
         seq, _ = self.gru(feats)
-        pooled = seq.mean(dim=1).reshape(b, -1)
-        out = self.head(pooled)
+        pooled = self.head[0](seq.mean(dim=1).reshape(b, -1))
+        out = F.linear(pooled, self.head[1].weight * self.head_mask, self.head[1].bias)
         return out if level is None else out + self.level_logits[level]
+
+
+def head_mask(groups: Sequence[Sequence[int]] | None, regions: int, num_outputs: int, width: int) -> torch.Tensor:
+    """``(num_outputs, regions * width)`` 0/1 mask of the head's weight: output group ``g`` (3 logits) reads the
+    features of the regions ``groups[g]`` only; None: every output reads every region."""
+    if groups is None:
+        return torch.ones(num_outputs, regions * width)
+    if len(groups) * 3 != num_outputs or any(not g for g in groups) or \
+            any(not 0 <= int(r) < regions for g in groups for r in g):
+        raise ConfigError(f"roi25d: head_groups needs one non-empty list of region indices (0..{regions - 1}) per "
+                          f"3 outputs ({num_outputs // 3} groups), got {groups}")
+    mask = torch.zeros(num_outputs, regions, width)
+    for g, members in enumerate(groups):
+        mask[3 * g:3 * g + 3, [int(r) for r in members]] = 1.0
+    return mask.reshape(num_outputs, regions * width)
 
 
 @register_model("roi25d")
 def roi25d(backbone: str = "resnet18", in_chans: int = 3, regions: int = 1, num_outputs: int = 3, hidden: int = 256,
            dropout: float = 0.2, image_size: int | None = None, pretrained: str | None = "none",
-           backbone_params: dict | None = None, grad_checkpointing: bool = False, window_stride: int = 1) -> Roi25d:
+           backbone_params: dict | None = None, grad_checkpointing: bool = False, window_stride: int = 1,
+           head_groups: Sequence[Sequence[int]] | None = None) -> Roi25d:
     """A 2.5D classifier over any timm ``backbone`` (``in_chans`` slices per window).
 
     ``image_size`` is passed to backbones that take ``img_size`` (timm's swin needs it when the input is not
     224); ``backbone_params``: any other keyword of the timm model (e.g. ``drop_path_rate``);
     ``grad_checkpointing``: recompute the backbone's activations in the backward pass (less GPU memory);
     ``window_stride``: a window on every n-th slice only (``slices = in_chans = window_stride``: one window
-    holding all slices as channels, the cheapest setting).
+    holding all slices as channels, the cheapest setting); ``head_groups``: the regions each group of 3 outputs
+    reads (the tasks fill it from ``head: own_region``).
     """
     _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
     net = build_backbone(backbone, in_chans, image_size, pretrained, backbone_params)
     if grad_checkpointing:
         net.set_grad_checkpointing(True)
-    return Roi25d(net, in_chans, regions, num_outputs, hidden, dropout, window_stride)
+    return Roi25d(net, in_chans, regions, num_outputs, hidden, dropout, window_stride, head_groups=head_groups)
 
 
-@register_model("roi25d_tiny")
-def roi25d_tiny(backbone: str = "resnet10t", in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
-                hidden: int = 32, dropout: float = 0.1, image_size: int | None = None,
-                pretrained: str | None = "none", backbone_params: dict | None = None,
-                window_stride: int = 1) -> Roi25d:
-    """Tiny variant (resnet10t, GRU 32) for tests and CPU demo configs at 32-64 px."""
-    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
-                  window_stride=window_stride)
+def _register_tiny(name: str, default_backbone: str, default_dropout: float, doc: str) -> None:
+    """Register a tiny CPU variant of :func:`roi25d` (GRU 32) with its own default backbone and dropout."""
+    def tiny(backbone: str = default_backbone, in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
+             hidden: int = 32, dropout: float = default_dropout, image_size: int | None = None,
+             pretrained: str | None = "none", backbone_params: dict | None = None, window_stride: int = 1,
+             head_groups: Sequence[Sequence[int]] | None = None) -> Roi25d:
+        return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained,
+                      backbone_params, window_stride=window_stride, head_groups=head_groups)
+
+    tiny.__name__ = tiny.__qualname__ = name
+    tiny.__doc__ = doc
+    register_model(name)(tiny)
 
 
-@register_model("roi25d_tiny_cnn")
-def roi25d_tiny_cnn(backbone: str = "plain_cnn", in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
-                    hidden: int = 32, dropout: float = 0.2, image_size: int | None = None,
-                    pretrained: str | None = "none", backbone_params: dict | None = None,
-                    window_stride: int = 1) -> Roi25d:
-    """Tiny variant (``plain_cnn`` of width 16, GRU 32) for CPU demo and bench configs: learns from scratch."""
-    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
-                  window_stride=window_stride)
-
-
-@register_model("roi25d_tiny_mobilenet")
-def roi25d_tiny_mobilenet(backbone: str = "mobilenetv3_small_050", in_chans: int = 3, regions: int = 1,
-                          num_outputs: int = 3, hidden: int = 32, dropout: float = 0.1, image_size: int | None = None,
-                          pretrained: str | None = "none", backbone_params: dict | None = None,
-                          window_stride: int = 1) -> Roi25d:
-    """Tiny variant (mobilenetv3_small_050, GRU 32) for tests and CPU demo configs."""
-    return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained, backbone_params,
-                  window_stride=window_stride)
+_register_tiny("roi25d_tiny_cnn", "plain_cnn", 0.2,
+               "Tiny variant (``plain_cnn`` of width 16, GRU 32) for CPU demo and bench configs: learns from "
+               "scratch.")
+_register_tiny("roi25d_tiny", "resnet10t", 0.1,
+               "Tiny variant (resnet10t, GRU 32) for tests and CPU configs at 32-64 px.")
+_register_tiny("roi25d_tiny_mobilenet", "mobilenetv3_small_050", 0.1,
+               "Tiny variant (mobilenetv3_small_050, GRU 32) for tests and CPU demo configs.")
 
 
 def class_logits(outputs: torch.Tensor) -> torch.Tensor:

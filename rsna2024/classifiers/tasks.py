@@ -7,6 +7,8 @@ Per fold (see :mod:`rsna2024.training.task` for the order of the calls):
 - model: ``model.name`` from the registry with the regions and outputs of the task; with ``data.prior_logits``
   (default) its ``level_logits`` hold the log of the training folds' weight-aware prior per level, added to the
   logits of each sample's level, so the model starts from the prior and learns what the images add;
+- ``model.params.head``: ``dense`` (each output reads every region) or ``own_region`` (the global model's
+  conditions each read their own region: :meth:`RoiTask.head_groups`);
 - loss: cross-entropy with class weights ``data.class_weights`` (1, 2, 4 as the metric), missing labels
   ignored (``ignore_index``); the global model's 15 outputs are 5 conditions x 3 classes;
 - validation after each epoch: the held-out fold's studies on ``data.valid_points`` (true points by
@@ -44,6 +46,7 @@ from rsna2024.training.task import FoldContext, register_task
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
+HEADS = ("dense", "own_region")  # model.params.head of the stage-2 tasks
 __all__ = ["DEFAULT_OOF_POINTS", "TRUE_POINTS", "ClassifierData", "RoiTask", "default_cache_folder"]
 
 
@@ -139,10 +142,25 @@ class RoiTask(PointTask):
         lateral, the right recess mirrored): the patient's mirror only swaps its samples."""
         return not self.is_global and all(side_of(c) for c in self.conditions)
 
+    def head_groups(self, head: str) -> list[list[int]] | None:
+        """The regions each output group reads for ``model.params.head``: ``dense`` (default; None: every region)
+        or ``own_region`` (global: each condition its own region, spinal also the axial one of ``spinal_axial``;
+        a split model has one group, which reads all its regions either way)."""
+        if head not in HEADS:
+            raise ConfigError(f"model.params.head: expected one of {', '.join(HEADS)}, got {head!r}")
+        if head == "dense" or not self.is_global:
+            return None
+        groups = [[k] for k in range(len(CONDITIONS))]
+        if region_count(self.conditions, self.data.roi) > len(CONDITIONS):
+            groups[CONDITIONS.index(SPINAL)].append(len(CONDITIONS))
+        return groups
+
     def model_params(self) -> dict:
-        return {**self.cfg.model.params, "regions": region_count(self.conditions, self.data.roi),
+        params = dict(self.cfg.model.params)
+        groups = self.head_groups(params.pop("head", "dense"))
+        return {**params, "regions": region_count(self.conditions, self.data.roi),
                 "num_outputs": 3 * (len(CONDITIONS) if self.is_global else 1),
-                "image_size": self.data.roi.out_size}
+                "image_size": self.data.roi.out_size, **({"head_groups": groups} if groups else {})}
 
     def forward(self, model, batch):
         return model(batch["image"], batch["level"] if self.data.prior_logits else None)
