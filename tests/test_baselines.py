@@ -86,6 +86,13 @@ def test_s1_routes_each_sample_to_its_condition_cnn_and_level_head():
     torch.testing.assert_close(out, torch.stack(direct))
 
 
+def test_s1_refuses_an_image_size_whose_feature_map_is_one_pixel():
+    model = create_model("s1_condition_cnn_tiny", image_size=48).train()  # a 2 x 2 map: one sample per condition
+    model(torch.rand(2, 1, 48, 48), torch.tensor([0, 1]), torch.tensor([0, 0])).sum().backward()
+    with pytest.raises(ConfigError, match="image_size 32 .* 1 x 1"):
+        create_model("s1_condition_cnn_tiny", image_size=32)
+
+
 def test_s2_head_shapes_follow_the_recipe():
     model = create_model("s2_level_embedding_tiny")
     assert model.level_embedding.weight.shape == (5, 256)

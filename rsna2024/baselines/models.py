@@ -174,7 +174,24 @@ def s1_condition_cnn(backbone: str = "resnet18", conditions: int = len(CONDITION
     if conditions < 1 or levels < 1:
         raise ConfigError(f"s1_condition_cnn: conditions and levels must be positive, got {conditions}, {levels}")
     nets = [_backbone(backbone, in_chans, image_size, pretrained, backbone_params) for _ in range(conditions)]
+    if image_size is not None:
+        _check_feature_map(nets[0], in_chans, image_size, "s1_condition_cnn")
     return ConditionCNN(nets, levels, dropout)
+
+
+def _check_feature_map(net: nn.Module, in_chans: int, image_size: int, name: str) -> None:
+    """Refuse an ``image_size`` at which a batch-normalised backbone ends in a 1 x 1 feature map: a batch that
+    gives one condition a single sample would then fail in batch norm mid-training."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        return
+    was = net.training
+    with torch.no_grad():
+        fmap = net.eval().forward_features(torch.zeros(1, in_chans, image_size, image_size))
+    net.train(was)
+    if fmap.ndim == 4 and fmap.shape[-1] * fmap.shape[-2] == 1:
+        raise ConfigError(f"{name}: at image_size {image_size} the backbone's last feature map is 1 x 1, so batch "
+                          f"norm fails whenever a batch holds one sample of a condition; use a larger "
+                          f"data.image_size (e.g. {image_size * 2})")
 
 
 @register_model("s1_condition_cnn_tiny")
