@@ -19,6 +19,7 @@ from rsna2024.classifiers.roi import (
 )
 from rsna2024.classifiers.samples import label_table, load_points, points_in_mm, split_samples
 from rsna2024.constants import AXIAL_T2, CONDITION_GROUPS, SAGITTAL_T1, SAGITTAL_T2, TARGET_COLUMNS
+from rsna2024.dicom.geometry import lps_oriented_normal
 from rsna2024.dicom.series import Series, canonicalize
 
 SUB = CONDITION_GROUPS["subarticular"]
@@ -211,8 +212,25 @@ def test_memoised_training_jitter_is_a_crop_equal_to_a_fresh_cut_at_the_moved_ce
         fresh = cut_region(sag, moved, RoiConfig(size_mm=50.0, out_size=25, slices=3))
         np.testing.assert_allclose(image, fresh, atol=1e-3)  # float16 memo
     assert len(shifts) > 3 and all(max(abs(dx), abs(dy)) <= 6 for dx, dy in shifts)
-    across_slices = RoiDataset(samples, store, replace(cfg, jitter=Jitter(mm=4.0, slices=1)),
-                               ["spinal_canal_stenosis"], train=True, memo=True)
-    assert across_slices.memo is None and not across_slices.crop  # cut afresh each time
+    # across slices too: one extra slice at each end of the memoised window, the crop a window shifted by k slices
+    across = RoiDataset(samples, store, replace(cfg, jitter=Jitter(mm=4.0, slices=1)), ["spinal_canal_stenosis"],
+                        train=True, memo=True)
+    assert across.crop and across.slice_margin == 1
+    normal, spacing = lps_oriented_normal(sag), sag.slice_spacing
+    moves = set()
+    for _ in range(15):
+        image = across[i]["image"][0].numpy()
+        big = across.memo[i][0].astype(np.float32)
+        assert big.shape == (5, 37, 37)
+        (k, dy, dx), = [(k, a - 6, b - 6) for k in (-1, 0, 1) for a in range(13) for b in range(13)
+                        if np.array_equal(big[1 + k:4 + k, a:a + 25, b:b + 25], image)]
+        moves.add(k)
+        moved = point + dx * pitch * SAG_ROW + dy * pitch * SAG_COL + k * spacing * normal
+        np.testing.assert_allclose(image, cut_region(sag, moved, RoiConfig(size_mm=50.0, out_size=25, slices=3)),
+                                   atol=1e-3)
+    assert moves == {-1, 0, 1}
+    stepped = RoiDataset(samples, store, replace(cfg, slice_step=2.0, jitter=Jitter(mm=4.0, slices=1)),
+                         ["spinal_canal_stenosis"], train=True, memo=True)
+    assert stepped.memo is None and not stepped.crop  # a one-slice shift is no crop of a 2-slice-step window
     evaluation = RoiDataset(samples, store, cfg, ["spinal_canal_stenosis"], memo=True)
     np.testing.assert_allclose(evaluation[i]["image"][0].numpy(), cut_region(sag, point, cfg), atol=1e-3)

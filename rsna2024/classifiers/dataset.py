@@ -102,21 +102,25 @@ class RoiDataset(Dataset):
     ``train`` turns on the jitter of ``cfg``; its random draws come from torch's generator, so the
     trainer's saved RNG state makes a resumed epoch see what the uninterrupted one would. ``memo`` keeps each
     item's regions in memory (float16) once cut; it pays off with DataLoader ``workers: 0`` (worker processes
-    start empty every epoch). With training jitter in the slice plane only (``jitter.slices: 0``) the regions
-    are kept with a margin of :func:`crop_margin` pixels and the jitter is a random crop, whole output pixels
-    (``size_mm / out_size``) apart and clipped at 3 standard deviations: the same squares a fresh cut at the
-    moved centre samples, without resampling the series every epoch. Jitter across slices is cut afresh.
+    start empty every epoch). With training jitter the regions are kept with a margin and the jitter is a
+    random crop of them, without resampling the series every epoch: in the slice plane a margin of
+    :func:`crop_margin` pixels, shifts whole output pixels (``size_mm / out_size``) apart and clipped at 3
+    standard deviations; across slices ``jitter.slices`` extra slices at each end of the window, shifts of whole
+    slices. Each crop is what a fresh cut at the moved centre and window gives (with ``slice_step`` other than
+    1 the slice jitter cannot be a crop, and such regions are cut afresh).
     """
 
     def __init__(self, samples: pd.DataFrame, store: SeriesStore, cfg: RoiConfig, conditions, train: bool = False,
                  memo: bool = False):
         jitter = train and cfg.jitter.active
-        self.crop = memo and jitter and cfg.jitter.slices == 0
+        self.crop = memo and jitter and (cfg.jitter.slices == 0 or cfg.slice_step == 1)
         self.memo: dict[int, np.ndarray] | None = {} if memo and (not jitter or self.crop) else None
         self.margin = crop_margin(cfg) if self.crop else 0
-        # what is cut: the region itself, or (crop jitter) the same pixel pitch with the margin around it
+        self.slice_margin = cfg.jitter.slices if self.crop else 0
+        # what is cut: the region itself, or (crop jitter) the same pixel pitch and slice spacing with the margins
         self.cut_cfg = replace(cfg, size_mm=cfg.size_mm * (cfg.out_size + 2 * self.margin) / cfg.out_size,
-                               out_size=cfg.out_size + 2 * self.margin, jitter=Jitter()) if self.crop else cfg
+                               out_size=cfg.out_size + 2 * self.margin, slices=cfg.slices + 2 * self.slice_margin,
+                               jitter=Jitter()) if self.crop else cfg
         self.samples = samples.reset_index(drop=True)
         self.rows = self.samples.to_dict("records")  # plain dicts: pandas row access is slow per item
         self.store = store
@@ -160,12 +164,16 @@ class RoiDataset(Dataset):
         return self._cut(i, self.cfg, rng)
 
     def _crop(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The crop jitter: per region a Gaussian shift of ``jitter.mm`` in whole output pixels (within the
-        margin) of the memoised ``regions`` (R, S, H + 2m, W + 2m)."""
-        m, n = self.margin, self.cfg.out_size
+        """The crop jitter of the memoised ``regions`` (R, S + 2j, H + 2m, W + 2m): per region a Gaussian shift
+        of ``jitter.mm`` in whole output pixels (within the margin m) and a uniform shift of the slice window
+        by up to j = ``jitter.slices`` slices (a window shifted by k along a region's slice order; since the
+        draw is symmetric, the same as a fresh cut's window shifted by k, or by -k for a descending region)."""
+        m, n, j, s = self.margin, self.cfg.out_size, self.slice_margin, self.cfg.slices
         shifts = np.clip(np.rint(rng.normal(0.0, self.cfg.jitter.mm, (len(regions), 2)) * n / self.cfg.size_mm),
                          -m, m).astype(int)
-        return np.stack([r[:, m + dy:m + dy + n, m + dx:m + dx + n] for r, (dx, dy) in zip(regions, shifts)])
+        ks = rng.integers(-j, j + 1, len(regions)) if j else np.zeros(len(regions), dtype=int)
+        return np.stack([r[j + k:j + k + s, m + dy:m + dy + n, m + dx:m + dx + n]
+                         for r, (dx, dy), k in zip(regions, shifts, ks)])
 
     def _cut(self, i: int, cfg: RoiConfig, rng: np.random.Generator | None) -> np.ndarray:
         row = self.rows[i]
