@@ -79,8 +79,9 @@ class Roi25d(nn.Module):
         nn.init.zeros_(self.head[1].bias)
         # per level, logits added to the head's output (the task fills them with the training prior's log)
         self.register_buffer("level_logits", torch.zeros(LEVEL_COUNT, num_outputs))
-        # which region features each output reads (all of them unless head_groups says otherwise)
-        self.register_buffer("head_mask", head_mask(head_groups, regions, num_outputs, 2 * hidden), persistent=False)
+        # which region features each output reads (None: all of them, the dense head)
+        self.register_buffer("head_mask", None if head_groups is None else
+                             head_mask(head_groups, regions, num_outputs, 2 * hidden), persistent=False)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, num_outputs)`` of regions ``x``; with ``level`` (B,) indices into the levels, plus
@@ -94,15 +95,14 @@ class Roi25d(nn.Module):
         feats = self.backbone(windows.reshape(b * r * n, self.in_chans, h, w)).reshape(b * r, n, -1)
         seq, _ = self.gru(feats)
         pooled = self.head[0](seq.mean(dim=1).reshape(b, -1))
-        out = F.linear(pooled, self.head[1].weight * self.head_mask, self.head[1].bias)
+        weight = self.head[1].weight if self.head_mask is None else self.head[1].weight * self.head_mask
+        out = F.linear(pooled, weight, self.head[1].bias)
         return out if level is None else out + self.level_logits[level]
 
 
-def head_mask(groups: Sequence[Sequence[int]] | None, regions: int, num_outputs: int, width: int) -> torch.Tensor:
+def head_mask(groups: Sequence[Sequence[int]], regions: int, num_outputs: int, width: int) -> torch.Tensor:
     """``(num_outputs, regions * width)`` 0/1 mask of the head's weight: output group ``g`` (3 logits) reads the
-    features of the regions ``groups[g]`` only; None: every output reads every region."""
-    if groups is None:
-        return torch.ones(num_outputs, regions * width)
+    features of the regions ``groups[g]`` only."""
     if len(groups) * 3 != num_outputs or any(not g for g in groups) or \
             any(not 0 <= int(r) < regions for g in groups for r in g):
         raise ConfigError(f"roi25d: head_groups needs one non-empty list of region indices (0..{regions - 1}) per "
