@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsna2024.classifiers.dataset import IGNORE_INDEX, RoiDataset, SeriesStore
+from rsna2024.classifiers.dataset import IGNORE_INDEX, RoiDataset, SeriesStore, region_slice_moves
 from rsna2024.classifiers.roi import (
     Jitter,
     RoiConfig,
@@ -18,9 +18,10 @@ from rsna2024.classifiers.roi import (
     mirror_left_right,
 )
 from rsna2024.classifiers.samples import label_table, load_points, points_in_mm, split_samples
-from rsna2024.constants import AXIAL_T2, CONDITION_GROUPS, SAGITTAL_T1, SAGITTAL_T2, TARGET_COLUMNS
+from rsna2024.constants import AXIAL_T2, CONDITION_GROUPS, CONDITIONS, SAGITTAL_T1, SAGITTAL_T2, TARGET_COLUMNS
 from rsna2024.dicom.geometry import lps_oriented_normal
 from rsna2024.dicom.series import Series, canonicalize
+from rsna2024.errors import ConfigError
 
 SUB = CONDITION_GROUPS["subarticular"]
 
@@ -101,6 +102,35 @@ def test_jitter_moves_the_centre_in_plane_and_the_window_by_whole_slices():
             seen_off_centre += int((r, c) != (12, 12))
     assert seen_off_centre > 0 and seen_other_slice > 0
     assert cut_region(s, p, cfg)[0, 12, 12] == pytest.approx(1.0)  # no rng: no jitter
+
+
+def test_slice_jitter_moves_only_windows_placed_by_the_point_in_the_named_planes():
+    # each slice filled with its own index: the middle channel names the window's centre slice
+    n = 15
+    pixels = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 64, 64))
+    s = _series(pixels, [(-24.5 + 3.5 * k, -16.0, 16.0) for k in range(n)], SAG_ROW, SAG_COL, (0.5, 0.5), SAGITTAL_T1)
+    point = s.pixel_to_patient(7, 32, 32)
+    cfg = RoiConfig(size_mm=10.0, out_size=4, slices=3, jitter=Jitter(slices=1))
+
+    def centres(condition, cfg):
+        rng = np.random.default_rng(0)
+        return {int(condition_region(s, condition, "l4_l5", point, cfg, rng=rng)[1, 0, 0]) for _ in range(30)}
+
+    # a foraminal window at the recipe's offsets (slice 12 at L4/L5) does not come from the point: it stays
+    assert centres("left_neural_foraminal_narrowing", cfg) == {12}
+    # placed by the point (the spinal window; the foraminal one in point mode) it moves by one slice either way
+    assert centres("spinal_canal_stenosis", cfg) == {6, 7, 8}
+    assert centres("left_neural_foraminal_narrowing", replace(cfg, foraminal_slices="point")) == {6, 7, 8}
+    axial_only = replace(cfg, jitter=Jitter(slices=1, slice_planes=["axial"]))
+    assert axial_only.jitter.slice_planes == ("axial",)
+    assert centres("spinal_canal_stenosis", axial_only) == {7}  # a sagittal window, not named
+    # the memoised crops follow the same rule per region (global: spinal, 2 foraminal, 2 subarticular)
+    assert region_slice_moves(CONDITIONS, axial_only).tolist() == [0, 0, 0, 1, 1]
+    assert region_slice_moves(CONDITIONS, cfg).tolist() == [1, 0, 0, 1, 1]
+    assert region_slice_moves(CONDITION_GROUPS["foraminal"], replace(cfg, foraminal_slices="point")).tolist() == [1]
+    assert region_slice_moves(["spinal_canal_stenosis"], replace(axial_only, spinal_axial=True)).tolist() == [0, 1]
+    with pytest.raises(ConfigError, match="slice_planes"):
+        Jitter(slices=1, slice_planes=("coronal",))
 
 
 # Axial as stored by a scanner that puts patient right on the image RIGHT (row direction -x) and slices

@@ -18,7 +18,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from rsna2024.classifiers.roi import SPINAL, Jitter, RoiConfig, axial_region, condition_region
+from rsna2024.classifiers.roi import (
+    SPINAL,
+    Jitter,
+    RoiConfig,
+    axial_region,
+    condition_region,
+    condition_window,
+    slice_jitter,
+)
 from rsna2024.classifiers.samples import MM_COLUMNS, has_point
 from rsna2024.constants import AXIAL_T2, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.dicom.series import Series
@@ -89,6 +97,19 @@ def region_count(conditions, cfg: RoiConfig) -> int:
     return slots + int(cfg.spinal_axial and SPINAL in conditions)
 
 
+def region_slice_moves(conditions, cfg: RoiConfig) -> np.ndarray:
+    """Per region of an item (:func:`region_count` order), how many slices the training jitter may move its
+    window either way (:func:`~rsna2024.classifiers.roi.slice_jitter`; a split model's conditions share one
+    rule)."""
+    slots = list(CONDITIONS) if len(conditions) == len(CONDITIONS) else [conditions[0]]
+    moves = []
+    for condition in slots:
+        window = condition_window(condition, LEVELS[0], cfg)
+        moves.append(slice_jitter(cfg, window["plane"], anchored=window["anchor_mm"] is not None))
+    moves += [slice_jitter(cfg, "axial")] * (region_count(conditions, cfg) - len(slots))
+    return np.array(moves, dtype=np.int64)
+
+
 def crop_margin(cfg: RoiConfig) -> int:
     """Pixels kept on each side of a memoised training region so that its in-plane jitter (up to 3 standard
     deviations of ``cfg.jitter.mm``) is a crop of it."""
@@ -129,6 +150,7 @@ class RoiDataset(Dataset):
         self.is_global = len(self.conditions) == len(CONDITIONS)
         self.train = train
         self.regions = region_count(self.conditions, cfg)
+        self.slice_moves = region_slice_moves(self.conditions, cfg)
         slots = list(CONDITIONS) if self.is_global else [None]
         # per row and condition slot: is the region there (point known, series in the cache)?
         self.present = np.stack([self._present(c) for c in slots], axis=1)
@@ -166,12 +188,14 @@ class RoiDataset(Dataset):
     def _crop(self, regions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The crop jitter of the memoised ``regions`` (R, S + 2j, H + 2m, W + 2m): per region a Gaussian shift
         of ``jitter.mm`` in whole output pixels (within the margin m) and a uniform shift of the slice window
-        by up to j = ``jitter.slices`` slices (a window shifted by k along a region's slice order; since the
-        draw is symmetric, the same as a fresh cut's window shifted by k, or by -k for a descending region)."""
+        by up to the region's :attr:`slice_moves` (at most j = ``jitter.slices``) slices (a window shifted by k along
+        a region's slice order; since the draw is symmetric, the same as a fresh cut's window shifted by k, or by
+        -k for a descending region)."""
         m, n, j, s = self.margin, self.cfg.out_size, self.slice_margin, self.cfg.slices
         shifts = np.clip(np.rint(rng.normal(0.0, self.cfg.jitter.mm, (len(regions), 2)) * n / self.cfg.size_mm),
                          -m, m).astype(int)
-        ks = rng.integers(-j, j + 1, len(regions)) if j else np.zeros(len(regions), dtype=int)
+        moves = self.slice_moves
+        ks = rng.integers(-moves, moves + 1) if j else np.zeros(len(regions), dtype=int)
         return np.stack([r[j + k:j + k + s, m + dy:m + dy + n, m + dx:m + dx + n]
                          for r, (dx, dy), k in zip(regions, shifts, ks)])
 

@@ -19,7 +19,9 @@ Which slices, per condition (kit-guide section 2; :func:`condition_region` appli
 - the level's axial slices for the spinal model (optional): around the axial slice nearest the spinal point.
 
 Training jitter (:class:`Jitter`) moves the centre in the slice plane (mm) and the window along the normal
-(whole slices), to mimic the error of stage-1 points.
+(whole slices), to mimic the error of stage-1 points. Only a window placed by the point moves across slices, and
+only in the planes of ``jitter.slice_planes``: a foraminal window at the recipe's offsets does not depend on the
+point, so stage 1 cannot move it and neither does the jitter.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from rsna2024.errors import ConfigError
 # Recipe: Sagittal T1 slice offsets (mm from the middle) of the foramina at L1/L2 .. L5/S1.
 FORAMINAL_OFFSETS_MM: tuple[float, ...] = (14.9, 15.7, 16.7, 17.8, 18.9)
 FORAMINAL_SLICE_MODES = ("offset", "point")
+PLANES = ("sagittal", "axial")
 SPINAL = "spinal_canal_stenosis"
 SIDES = ("left", "right")
 
@@ -49,14 +52,21 @@ def side_of(condition: str) -> str | None:
 @dataclass(frozen=True)
 class Jitter:
     """Training-time perturbation: the centre moves by a Gaussian of ``mm`` (standard deviation, in the
-    slice plane) and the slice window by up to ``slices`` whole slices either way."""
+    slice plane) and the slice window by up to ``slices`` whole slices either way, in regions cut from a plane
+    of ``slice_planes`` (``sagittal``, ``axial``) whose window is placed by the point."""
 
     mm: float = 0.0
     slices: int = 0
+    slice_planes: tuple[str, ...] = PLANES
 
     def __post_init__(self) -> None:
         if self.mm < 0 or self.slices < 0:
             raise ConfigError(f"roi.jitter: mm and slices must be >= 0, got mm={self.mm}, slices={self.slices}")
+        object.__setattr__(self, "slice_planes", tuple(self.slice_planes))  # a YAML list arrives as a list
+        unknown = [p for p in self.slice_planes if p not in PLANES]
+        if unknown:
+            raise ConfigError(f"roi.jitter.slice_planes: expected some of {list(PLANES)}, "
+                              f"got {list(self.slice_planes)}")
 
     @property
     def active(self) -> bool:
@@ -108,8 +118,14 @@ def mirror_left_right(roi: np.ndarray, series: Series, slice_index: int) -> np.n
     return np.ascontiguousarray(np.flip(roi, axis=axis))
 
 
+def slice_jitter(cfg: RoiConfig, plane: str, anchored: bool = False) -> int:
+    """How many slices the training jitter may move a region's window either way: ``cfg.jitter.slices`` for a
+    window placed by the point in a plane of ``jitter.slice_planes``, 0 for others and for an ``anchored`` one."""
+    return 0 if anchored or plane not in cfg.jitter.slice_planes else cfg.jitter.slices
+
+
 def _window(series: Series, center, cfg: RoiConfig, anchor_mm: float | None, descending: bool,
-            rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+            rng: np.random.Generator | None, plane: str = "sagittal") -> tuple[np.ndarray, np.ndarray]:
     """The (possibly jittered) centre and the slice indices of a region (see :func:`cut_region`)."""
     center = np.asarray(center, dtype=np.float64).reshape(3)
     spacing = series.slice_spacing or 1.0
@@ -120,14 +136,15 @@ def _window(series: Series, center, cfg: RoiConfig, anchor_mm: float | None, des
         normal = lps_oriented_normal(series)
         shift = rng.normal(0.0, cfg.jitter.mm, 3) if cfg.jitter.mm > 0 else np.zeros(3)
         center = center + shift - (shift @ normal) * normal
-        offsets = offsets + int(rng.integers(-cfg.jitter.slices, cfg.jitter.slices + 1)) * spacing
+        moves = slice_jitter(cfg, plane, anchored=anchor_mm is not None)
+        offsets = offsets + int(rng.integers(-moves, moves + 1)) * spacing
     if anchor_mm is None:
         return center, slices_at_offsets(series, offsets, reference=series.nearest_slice(center)[0])
     return center, slices_at_offsets(series, offsets + anchor_mm)
 
 
 def cut_region(series: Series, center, cfg: RoiConfig, *, anchor_mm: float | None = None,
-               descending: bool = False, mirror: bool = False,
+               descending: bool = False, mirror: bool = False, plane: str = "sagittal",
                rng: np.random.Generator | None = None) -> np.ndarray:
     """The region of ``series`` around the LPS point ``center`` (mm): ``(cfg.slices, out, out)`` float32.
 
@@ -145,16 +162,16 @@ def cut_region(series: Series, center, cfg: RoiConfig, *, anchor_mm: float | Non
 
 
 def condition_window(condition: str, level: str, cfg: RoiConfig) -> dict:
-    """The :func:`cut_region` options (``anchor_mm``, ``descending``, ``mirror``) of one condition at one
-    level, by the rules of the module docstring."""
+    """The :func:`cut_region` options (``anchor_mm``, ``descending``, ``mirror``, ``plane``) of one condition at
+    one level, by the rules of the module docstring."""
     side = side_of(condition)
     if condition == SPINAL:
-        return {"anchor_mm": None, "descending": False, "mirror": False}
+        return {"anchor_mm": None, "descending": False, "mirror": False, "plane": "sagittal"}
     if "foraminal" in condition:
         anchor = cfg.foraminal_offset(level, side) if cfg.foraminal_slices == "offset" else None
-        return {"anchor_mm": anchor, "descending": side == "right", "mirror": False}
+        return {"anchor_mm": anchor, "descending": side == "right", "mirror": False, "plane": "sagittal"}
     if "subarticular" in condition:
-        return {"anchor_mm": None, "descending": True, "mirror": side == "right"}
+        return {"anchor_mm": None, "descending": True, "mirror": side == "right", "plane": "axial"}
     raise ValueError(f"unknown condition {condition!r}")
 
 
@@ -171,7 +188,7 @@ def condition_region(series: Series, condition: str, level: str, point, cfg: Roi
 def condition_slices(series: Series, condition: str, level: str, point, cfg: RoiConfig) -> np.ndarray:
     """The canonical slice indices :func:`condition_region` cuts (no jitter), in the region's channel order."""
     window = condition_window(condition, level, cfg)
-    return _window(series, point, cfg, window["anchor_mm"], window["descending"], None)[1]
+    return _window(series, point, cfg, window["anchor_mm"], window["descending"], None, window["plane"])[1]
 
 
 def axial_region(axials: Sequence[Series], point, cfg: RoiConfig,
@@ -183,4 +200,4 @@ def axial_region(axials: Sequence[Series], point, cfg: RoiConfig,
     found = nearest_axial_slice(axials, point, max_distance_mm=cfg.axial_max_distance_mm)
     if found is None:
         return None
-    return cut_region(axials[found[0]], point, cfg, descending=True, rng=rng)
+    return cut_region(axials[found[0]], point, cfg, descending=True, plane="axial", rng=rng)
