@@ -217,3 +217,22 @@ def test_phantom_per_disc_blocks_survive_a_shared_offset(phantom_dir, phantom_ca
                     {lv: _block_of(series, h.index) for lv, h in exact.items()}, (series.name, shift)
             checked += 1
     assert checked >= 3
+
+
+def test_the_study_report_shows_the_axial_slices_the_pipeline_takes():
+    from rsna2024.inference.study_report import _axial_levels
+
+    # level points 14 mm below their discs: no slice is within 5 mm of any, yet each level keeps its own block
+    series, points = _per_disc(), _points(shift=-14.0)
+    used = pd.DataFrame([{"condition": "spinal_canal_stenosis", "level": lv, "x_mm": p[0], "y_mm": p[1], "z_mm": p[2]}
+                         for lv, p in points.items()])
+    table = _axial_levels([series], used, None, 5.0)
+    found, missing = level_slices([series], points, LEVELS, 5.0)
+    chosen = table[table["chosen"]].set_index("level")
+    assert missing == {} and {lv: int(i) for lv, i in chosen["slice_index"].items()} == \
+        {lv: hit.index for lv, hit in found.items()}
+    # each level: its own block of 3 slices, the inferior one (4 mm below the disc along its normal) shown
+    assert chosen["slice_index"].tolist() == [3 * i + 2 for i in range(len(LEVELS))]
+    assert table.groupby("level").size().eq(3).all()
+    expected = [14.0 * np.cos(np.deg2rad(DISC_TILT[lv])) - 4.0 for lv in LEVELS]
+    np.testing.assert_allclose(chosen.loc[list(LEVELS), "distance_mm"], expected, atol=1e-6)

@@ -8,8 +8,9 @@ Top to bottom:
   foraminal points and, per level, the Axial T2 slice assigned to it; each with the predicted points (x), the
   true ones (o) of a training study, and the square region of interest cut around each predicted point
   (:func:`rsna2024.dicom.geometry.roi_square`, the ``roi`` settings of the first classifier run);
-- the axial slices assigned to each level (:func:`rsna2024.dicom.geometry.assign_axial_levels` around the
-  spinal points, within the axial keypoint run's ``max_distance_mm``);
+- the axial slices of each level as stage 1 and the classifiers take them (:func:`rsna2024.dicom.levels.level_slices`
+  around the spinal points, within the axial keypoint run's ``max_distance_mm``): the level's slice and the
+  slices of its block it may move to;
 - the 5 x 5 table (conditions x levels) of predicted severities with their probabilities, colour-coded,
   beside the labels of ``train.csv`` when known;
 - stage 1 per point: where it is, its confidence (heatmap peak), the slices its region is cut from
@@ -49,7 +50,8 @@ from rsna2024.constants import (
     SERIES_TYPES,
     row_id,
 )
-from rsna2024.dicom.geometry import DEFAULT_LEVEL_MAX_DISTANCE_MM, assign_axial_levels, roi_square, slices_at_offsets
+from rsna2024.dicom.geometry import DEFAULT_LEVEL_MAX_DISTANCE_MM, roi_square, slices_at_offsets
+from rsna2024.dicom.levels import level_slices
 from rsna2024.errors import RsnaError
 from rsna2024.utils.io import atomic_write_text, check_overwrite
 from rsna2024.utils.logging import captured_warnings, get_logger
@@ -335,26 +337,38 @@ def _sagittal_panels(studies, study_id: int, used, truth, roi: RoiConfig) -> lis
     return panels
 
 
+AXIAL_LEVEL_COLUMNS = ["series_id", "slice_index", "instance_number", "level", "distance_mm", "chosen"]
+
+
 def _axial_levels(axials, used, truth, max_distance_mm: float) -> pd.DataFrame:
-    """Each axial slice's level, from the spinal points used (else the true ones) within ``max_distance_mm``."""
+    """The axial slices of each level by the pipeline's rule (:func:`~rsna2024.dicom.levels.level_slices`), from
+    the spinal points used (else the true ones): one row per slice of the level's window, ``chosen`` on the
+    level's own slice, ``distance_mm`` from the level point to the slice plane."""
     for table in (used, truth):
         level_points = {lv: _mm(p) for lv in LEVELS for p in [_point(table, SPINAL, lv)] if p is not None}
         if level_points and axials:
-            return assign_axial_levels(axials, level_points, max_distance_mm)
-    return pd.DataFrame(columns=["series_id", "slice_index", "instance_number", "level", "distance_mm"])
+            found, _ = level_slices(axials, level_points, LEVELS, max_distance_mm)
+            rows = []
+            for level, hit in found.items():
+                series = axials[hit.series]
+                z = np.abs(series.plane_coordinates(level_points[level])[2])
+                rows += [[series.series_id, j, int(series.instance_numbers[j]), level, float(z[j]), j == hit.index]
+                         for j in sorted({*hit.window, hit.index})]
+            return pd.DataFrame(rows, columns=AXIAL_LEVEL_COLUMNS)
+    return pd.DataFrame(columns=AXIAL_LEVEL_COLUMNS)
 
 
 def _axial_panels(studies, study_id: int, levels: pd.DataFrame, used, truth, roi: RoiConfig) -> list[Panel]:
-    """Per level, the assigned axial slice nearest the level point (or the one of its subarticular points)."""
+    """Per level, the level's axial slice (:func:`_axial_levels`; else the one of its subarticular points)."""
     panels = []
     axials = {s.series_id: s for s in studies.series(study_id, AXIAL_T2)}
     for level in LEVELS:
         title = f"Axial T2 {LEVEL_NAMES[level]}: subarticular recesses"
-        assigned = levels[levels["level"] == level]
-        if len(assigned):
-            best = assigned.loc[assigned["distance_mm"].astype(float).idxmin()]
+        chosen = levels[(levels["level"] == level) & levels["chosen"].astype(bool)]
+        if len(chosen):
+            best = chosen.iloc[0]
             series, index = axials[int(best["series_id"])], int(best["slice_index"])
-            note = f", {float(best['distance_mm']):.1f} mm from the level point"
+            note = f", the level's slice, {float(best['distance_mm']):.1f} mm from the level point"
         else:
             points = [p for table in (used, truth) for c in SUBARTICULAR for p in [_point(table, c, level)]
                       if p is not None and int(p["series_id"]) in axials]
@@ -369,7 +383,7 @@ def _axial_panels(studies, study_id: int, levels: pd.DataFrame, used, truth, roi
 
 
 def _level_table(levels: pd.DataFrame, axials: dict) -> pd.DataFrame:
-    """Per level: the axial series and instances assigned to it and the nearest one's distance (mm)."""
+    """Per level: the axial series and instances of its window and the distance (mm) of the nearest one."""
     rows = []
     for level in LEVELS:
         hit = levels[levels["level"] == level]
