@@ -2,13 +2,17 @@
 
 ``metrics.jsonl`` holds one JSON object per epoch and fold: ``fold, epoch, train_loss, lr`` (of the epoch's
 last optimizer step), ``seconds, images, images_per_s``, every validation metric (``valid_loss`` and the
-task's) and ``best`` (whether this epoch became the best checkpoint).
+task's) and ``best`` (whether this epoch became the best checkpoint). Folds training at once into one run folder
+(``main.py --gpus``) share the file: appends and a resumed fold's truncation hold an exclusive lock on
+``.metrics.lock`` beside it, so a truncation (read, filter, replace) never drops a line another fold appends.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rsna2024.errors import ConfigError
@@ -17,6 +21,23 @@ from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".metrics.lock"
+
+
+@contextmanager
+def metrics_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder's metrics file (POSIX ``flock``; a no-op where there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: folds of one run folder are not trained at once there
+        yield
+        return
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def read_metrics(run_dir: Path, fold: int | None = None) -> list[dict]:
@@ -41,15 +62,16 @@ def read_metrics(run_dir: Path, fold: int | None = None) -> list[dict]:
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    """Append one record as one ``write`` to a file opened for appending (folds training at once into one run
-    folder each add whole lines)."""
-    fd = os.open(Path(run_dir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one record as one ``write`` to a file opened for appending, under :func:`metrics_lock` (folds
+    training at once into one run folder each add whole lines, and none is lost to a resumed fold's truncation)."""
     data = (json.dumps(record) + "\n").encode()
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-    finally:
-        os.close(fd)
+    with metrics_lock(run_dir):
+        fd = os.open(Path(run_dir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
 
 
 def truncate_metrics(run_dir: Path, fold: int, before_epoch: int) -> None:
@@ -58,10 +80,11 @@ def truncate_metrics(run_dir: Path, fold: int, before_epoch: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    keep = [r for r in read_metrics(run_dir) if r.get("fold") != fold or r["epoch"] < before_epoch]
-    text = "".join(json.dumps(r) + "\n" for r in keep)
-    if text != path.read_text():
-        atomic_write_text(path, text)
+    with metrics_lock(run_dir):
+        keep = [r for r in read_metrics(run_dir) if r.get("fold") != fold or r["epoch"] < before_epoch]
+        text = "".join(json.dumps(r) + "\n" for r in keep)
+        if text != path.read_text():
+            atomic_write_text(path, text)
 
 
 def plot_curves(records: list[dict], path: Path, metric: str, title: str = "") -> Path:
