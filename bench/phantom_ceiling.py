@@ -28,6 +28,8 @@ from rsna2024.data.contract import labels_long
 from rsna2024.metric import score_labelled_rows
 from rsna2024.synthetic.anatomy import NARROWING_RANGES
 
+_erf = np.vectorize(math.erf)
+
 
 def _likelihood(fraction: np.ndarray, noise: float) -> np.ndarray:
     """(N, 3) density of the observed fractions under each class's uniform range blurred by ``noise``."""
@@ -36,21 +38,24 @@ def _likelihood(fraction: np.ndarray, noise: float) -> np.ndarray:
         if noise == 0:
             out.append(((fraction >= lo) & (fraction <= hi)) / (hi - lo))
         else:
-            cdf = np.vectorize(lambda z: 0.5 * (1 + math.erf(z / (noise * math.sqrt(2)))))
-            out.append((cdf(hi - fraction) - cdf(lo - fraction)) / (hi - lo))
+            z = noise * math.sqrt(2)
+            out.append(0.5 * (_erf((hi - fraction) / z) - _erf((lo - fraction) / z)) / (hi - lo))
     return np.stack(out, axis=1)
 
 
-def ceiling(data: Path, noise: float, seed: int = 0) -> dict[str, float]:
-    """Scores of the posterior reader at one ``noise`` (fraction units) over the labelled rows of ``data``."""
+def true_fractions(data: Path, long: pd.DataFrame) -> np.ndarray:
+    """(N,) the fraction each labelled row's structure lost, from ``<data>/phantom/studies.json``."""
     studies = json.loads((data / "phantom" / "studies.json").read_text())
     lost = {(s["study_id"], c, lv): v for s in studies for c, per in s["anatomy"]["narrowing"].items()
             for lv, v in per.items()}
-    long = labels_long(pd.read_csv(data / "train.csv"))
-    rng = np.random.default_rng(seed)
-    seen = np.array([lost[(r.study_id, r.condition, r.level)] for r in long.itertuples()])
-    seen = seen + rng.normal(0.0, noise, len(seen)) if noise > 0 else seen
-    return _score(long, _weighted_prior(long) * _likelihood(seen, noise))
+    return np.array([lost[(r.study_id, r.condition, r.level)] for r in long.itertuples()])
+
+
+def ceiling(long: pd.DataFrame, lost: np.ndarray, prior: np.ndarray, noise: float, seed: int = 0) -> dict[str, float]:
+    """Scores of the posterior reader at one ``noise`` (fraction units) over the labelled rows ``long``, given
+    their true ``lost`` fractions and the weighted ``prior`` per row (:func:`_weighted_prior`)."""
+    seen = lost + np.random.default_rng(seed).normal(0.0, noise, len(lost)) if noise > 0 else lost
+    return _score(long, prior * _likelihood(seen, noise))
 
 
 def _weighted_prior(long: pd.DataFrame) -> np.ndarray:
@@ -75,10 +80,11 @@ def main(argv=None) -> int:
         print(f"{args.data}: no phantom/studies.json (not a phantom data folder)", file=sys.stderr)
         return 2
     long = labels_long(pd.read_csv(args.data / "train.csv"))
-    prior = _score(long, _weighted_prior(long))
-    rows = [{"noise": n, **ceiling(args.data, n)} for n in args.noise]
-    table = pd.DataFrame(rows).assign(vs_prior=lambda t: t["total"] / prior["total"])
-    print(f"posterior reader of the true narrowing fractions, {args.data} (prior total {prior['total']:.4f})")
+    lost, prior = true_fractions(args.data, long), _weighted_prior(long)
+    baseline = _score(long, prior)
+    rows = [{"noise": n, **ceiling(long, lost, prior, n)} for n in args.noise]
+    table = pd.DataFrame(rows).assign(vs_prior=lambda t: t["total"] / baseline["total"])
+    print(f"posterior reader of the true narrowing fractions, {args.data} (prior total {baseline['total']:.4f})")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
