@@ -216,11 +216,12 @@ def test_main_stops_on_a_contract_error_or_when_every_series_failed(phantom_dir,
     data = Path(shutil.copytree(phantom_dir, tmp_path / "data"))
     for f in data.glob("*_images/*/*/*.dcm"):
         f.write_bytes(b"broken")
+    args = ["--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1", "--runs", str(tmp_path / "runs")]
     with caplog.at_level(logging.ERROR):
-        assert main(["--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1"]) == 1
+        assert main(args) == 1
     assert "every series failed" in caplog.text
     desc = pd.read_csv(data / "train_series_descriptions.csv")
     desc.loc[0, "series_description"] = "Coronal"
     desc.to_csv(data / "train_series_descriptions.csv", index=False)
-    assert main(["--data", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1"]) == 1
+    assert main(args) == 1
     assert "unknown series_description value(s) Coronal" in capsys.readouterr().out
