@@ -154,7 +154,7 @@ def cut_region(series: Series, center, cfg: RoiConfig, *, anchor_mm: float | Non
     ``descending``. ``mirror`` flips the region left-right (:func:`mirror_left_right`). With ``rng``
     the training jitter of ``cfg.jitter`` is applied.
     """
-    center, slices = _window(series, center, cfg, anchor_mm, descending, rng)
+    center, slices = _window(series, center, cfg, anchor_mm, descending, rng, plane)
     roi = crop_roi(series, center, cfg.size_mm, cfg.out_size, slices=slices)
     if mirror:
         roi = mirror_left_right(roi, series, int(slices[len(slices) // 2]))
