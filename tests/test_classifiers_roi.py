@@ -126,7 +126,8 @@ def test_slice_jitter_moves_only_windows_placed_by_the_point_in_the_named_planes
     assert centres("spinal_canal_stenosis", axial_only) == {7}  # a sagittal window, not named
     # a subarticular window (cut as an axial one, whatever the series) moves only when axial is named
     assert centres("left_subarticular_stenosis", axial_only) == {6, 7, 8}
-    assert centres("left_subarticular_stenosis", replace(cfg, jitter=Jitter(slices=1, slice_planes=["sagittal"]))) == {7}
+    sagittal_only = replace(cfg, jitter=Jitter(slices=1, slice_planes=["sagittal"]))
+    assert centres("left_subarticular_stenosis", sagittal_only) == {7}
     # the memoised crops follow the same rule per region (global: spinal, 2 foraminal, 2 subarticular)
     assert region_slice_moves(CONDITIONS, axial_only).tolist() == [0, 0, 0, 1, 1]
     assert region_slice_moves(CONDITIONS, cfg).tolist() == [1, 0, 0, 1, 1]
