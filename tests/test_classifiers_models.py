@@ -157,3 +157,24 @@ def test_head_groups_make_each_output_group_read_its_own_regions_only():
     for bad in ([[0], [1]], [[0], [1], [2], [3], [6]], [[0], [], [2], [3], [4]]):
         with pytest.raises(ConfigError, match="head_groups"):
             create_model("roi25d_tiny_cnn", regions=6, num_outputs=15, head_groups=bad)
+
+
+def test_region_backbones_send_each_region_through_its_own_backbone():
+    torch.manual_seed(0)
+    model = create_model("roi25d_tiny_cnn", regions=5, num_outputs=15, region_backbones=[0, 1, 1, 2, 2]).eval()
+    assert len(model.extra_backbones) == 2
+    image = torch.rand(2, 1, 3, 32, 32)
+    x = image.expand(2, 5, 3, 32, 32).contiguous()  # the same image in every region
+    with torch.no_grad():
+        windows = x.reshape(2, 5, 1, 3, 32, 32)
+        feats = model._features(windows)
+        # regions of one backbone see the same features, regions of different backbones do not
+        assert torch.allclose(feats[:, 1], feats[:, 2]) and torch.allclose(feats[:, 3], feats[:, 4])
+        assert not torch.allclose(feats[:, 0], feats[:, 1]) and not torch.allclose(feats[:, 1], feats[:, 3])
+        assert torch.allclose(feats[:, 3], model.extra_backbones[1](image[:, 0]).unsqueeze(1))
+        assert model(x).shape == (2, 15)
+    shared = create_model("roi25d_tiny_cnn", regions=5, num_outputs=15)
+    assert len(shared.extra_backbones) == 0 and shared.region_backbones is None
+    for bad in ([0, 1, 1, 2], [0, 2, 2, 2, 2]):  # a region without an index; backbone 1 unused
+        with pytest.raises(ConfigError, match="region_backbones"):
+            create_model("roi25d_tiny_cnn", regions=5, num_outputs=15, region_backbones=bad)

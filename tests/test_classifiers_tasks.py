@@ -229,7 +229,27 @@ def test_own_region_head_routes_each_condition_to_its_regions(phantom_dir, phant
         groups("global", "per_level")
     cfg = _config("global", "global_own", epochs=1)
     cfg.model.params["head"] = "own_region"
+    cfg.model.params["backbones"] = "per_series"  # Sag T2, Sag T1 and axial regions: three backbones
     result = _train(cfg, phantom_dir, phantom_cache, stage2, 1)
     assert np.isfinite(result.best_value)
     model = torch.load(stage2["runs"] / cfg.name / "fold1_best.pt", weights_only=False)["model"]
     assert "head_mask" not in model
+    assert any(k.startswith("extra_backbones.1.") for k in model)
+
+
+def test_per_series_backbones_follow_the_series_of_the_regions():
+    from rsna2024.training.task import create_task
+
+    def backbones(task, value, spinal_axial=False):
+        cfg = _config(task, f"{task}_bb", roi={"out_size": 32, "slices": 3, "spinal_axial": spinal_axial})
+        cfg.model.params["backbones"] = value
+        return create_task(cfg).model_params().get("region_backbones")
+
+    # global regions: spinal (Sag T2), 2 foraminal (Sag T1), 2 subarticular (Axial T2), then the spinal axial one
+    assert backbones("global", "per_series") == [0, 1, 1, 2, 2]
+    assert backbones("global", "per_series", spinal_axial=True) == [0, 1, 1, 2, 2, 2]
+    assert backbones("split_spinal", "per_series", spinal_axial=True) == [0, 1]
+    assert backbones("split_foraminal", "per_series") is None  # one series type: one backbone
+    assert backbones("global", "shared") is None
+    with pytest.raises(ConfigError, match="model.params.backbones"):
+        backbones("global", "per_region")

@@ -28,7 +28,7 @@ from rsna2024.classifiers.roi import (
     slice_jitter,
 )
 from rsna2024.classifiers.samples import MM_COLUMNS, has_point
-from rsna2024.constants import AXIAL_T2, CONDITIONS, LEVELS, PRED_COLUMNS
+from rsna2024.constants import AXIAL_T2, CONDITION_SERIES, CONDITIONS, LEVELS, PRED_COLUMNS
 from rsna2024.dicom.series import Series
 from rsna2024.training.losses import IGNORE_INDEX
 
@@ -95,6 +95,12 @@ def region_count(conditions, cfg: RoiConfig) -> int:
     """Regions per item: one per condition slot (split models: 1), +1 for the spinal axial region."""
     slots = 1 if len(conditions) < len(CONDITIONS) else len(CONDITIONS)
     return slots + int(cfg.spinal_axial and SPINAL in conditions)
+
+
+def region_series(conditions, cfg: RoiConfig) -> list[str]:
+    """The series type each region of an item is cut from (:func:`region_count` order)."""
+    slots = list(CONDITIONS) if len(conditions) == len(CONDITIONS) else [conditions[0]]
+    return [CONDITION_SERIES[c] for c in slots] + [AXIAL_T2] * (region_count(conditions, cfg) - len(slots))
 
 
 def region_slice_moves(conditions, cfg: RoiConfig) -> np.ndarray:

@@ -9,6 +9,9 @@ for a split model (one condition), 15 = 5 conditions x 3 for the global model (r
 ``head_groups`` (one list of region indices per group of 3 outputs) restricts each output group to its own
 regions (a block-sparse head): the global model's ``head: own_region`` gives each condition the regions cut for
 it, so one misplaced region no longer spoils the other conditions, while backbone and GRU stay shared.
+``region_backbones`` (one backbone index per region) gives regions of different series their own backbone (the
+global model's ``backbones: per_series``: Sag T2, Sag T1 and axial regions each through one of three backbones of
+the same kind; the GRU and head stay shared), so one small backbone need not serve three contrasts.
 Given the samples' levels, the buffer ``level_logits`` (levels x outputs, saved with the weights) is added:
 the tasks set it to the log of the training folds' prior, and the head starts at zero, so an untrained model
 predicts the prior and training learns what the images add to it.
@@ -61,13 +64,17 @@ class Roi25d(nn.Module):
 
     def __init__(self, backbone: nn.Module, in_chans: int, regions: int, num_outputs: int, hidden: int = 256,
                  dropout: float = 0.2, window_stride: int = 1, input_mean: float = IMAGENET_MEAN,
-                 input_std: float = IMAGENET_STD, head_groups: Sequence[Sequence[int]] | None = None):
+                 input_std: float = IMAGENET_STD, head_groups: Sequence[Sequence[int]] | None = None,
+                 extra_backbones: Sequence[nn.Module] = (), region_backbones: Sequence[int] | None = None):
         super().__init__()
         _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
         if input_std <= 0:
             raise ConfigError(f"roi25d: input_std must be positive, got {input_std}")
         self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.backbone = backbone
+        # regions read by backbone k > 0 (extra_backbones[k - 1]); None: every region through ``backbone``
+        self.extra_backbones = nn.ModuleList(extra_backbones)
+        self.region_backbones = _check_region_backbones(region_backbones, regions, 1 + len(self.extra_backbones))
         self.in_chans = in_chans
         self.window_stride = window_stride
         self.regions = regions
@@ -92,12 +99,40 @@ class Roi25d(nn.Module):
         x = (x - self.input_mean) / self.input_std  # the cache's [0, 1] intensities, standardised as for ImageNet
         windows = slice_windows(x.reshape(b * r, s, h, w), self.in_chans, self.window_stride)
         n = windows.shape[1]
-        feats = self.backbone(windows.reshape(b * r * n, self.in_chans, h, w)).reshape(b * r, n, -1)
+        feats = self._features(windows.reshape(b, r, n, self.in_chans, h, w)).reshape(b * r, n, -1)
         seq, _ = self.gru(feats)
         pooled = self.head[0](seq.mean(dim=1).reshape(b, -1))
         weight = self.head[1].weight if self.head_mask is None else self.head[1].weight * self.head_mask
         out = F.linear(pooled, weight, self.head[1].bias)
         return out if level is None else out + self.level_logits[level]
+
+    def _features(self, windows: torch.Tensor) -> torch.Tensor:
+        """``(B, R, n, C, H, W)`` slice windows -> ``(B, R, n, F)`` backbone features, each region through its
+        own backbone (:attr:`region_backbones`)."""
+        b, r, n = windows.shape[:3]
+        if self.region_backbones is None:
+            return self.backbone(windows.flatten(0, 2)).reshape(b, r, n, -1)
+        out = None
+        for k, net in enumerate([self.backbone, *self.extra_backbones]):
+            idx = [i for i, g in enumerate(self.region_backbones) if g == k]
+            feats = net(windows[:, idx].flatten(0, 2)).reshape(b, len(idx), n, -1)
+            if out is None:
+                out = feats.new_zeros(b, r, n, feats.shape[-1])
+            out[:, idx] = feats
+        return out
+
+
+def _check_region_backbones(groups: Sequence[int] | None, regions: int, backbones: int) -> list[int] | None:
+    """``groups`` (a backbone index per region, every backbone used) checked; None stays None."""
+    if groups is None:
+        if backbones > 1:
+            raise ConfigError("roi25d: extra backbones given without region_backbones")
+        return None
+    groups = [int(g) for g in groups]
+    if len(groups) != regions or sorted(set(groups)) != list(range(backbones)):
+        raise ConfigError(f"roi25d: region_backbones needs one backbone index per region ({regions}), using each "
+                          f"of 0..{backbones - 1}, got {groups}")
+    return groups
 
 
 def head_mask(groups: Sequence[Sequence[int]], regions: int, num_outputs: int, width: int) -> torch.Tensor:
@@ -117,7 +152,8 @@ def head_mask(groups: Sequence[Sequence[int]], regions: int, num_outputs: int, w
 def roi25d(backbone: str = "resnet18", in_chans: int = 3, regions: int = 1, num_outputs: int = 3, hidden: int = 256,
            dropout: float = 0.2, image_size: int | None = None, pretrained: str | None = "none",
            backbone_params: dict | None = None, grad_checkpointing: bool = False, window_stride: int = 1,
-           head_groups: Sequence[Sequence[int]] | None = None) -> Roi25d:
+           head_groups: Sequence[Sequence[int]] | None = None, region_backbones: Sequence[int] | None = None
+           ) -> Roi25d:
     """A 2.5D classifier over any timm ``backbone`` (``in_chans`` slices per window).
 
     ``image_size`` is passed to backbones that take ``img_size`` (timm's swin needs it when the input is not
@@ -125,13 +161,17 @@ def roi25d(backbone: str = "resnet18", in_chans: int = 3, regions: int = 1, num_
     ``grad_checkpointing``: recompute the backbone's activations in the backward pass (less GPU memory);
     ``window_stride``: a window on every n-th slice only (``slices = in_chans = window_stride``: one window
     holding all slices as channels, the cheapest setting); ``head_groups``: the regions each group of 3 outputs
-    reads (the tasks fill it from ``head: own_region``).
+    reads (the tasks fill it from ``head: own_region``); ``region_backbones``: a backbone index per region, one
+    ``backbone`` built per index (the tasks fill it from ``backbones: per_series``).
     """
     _check_sizes(in_chans, regions, num_outputs, hidden, window_stride)
-    net = build_backbone(backbone, in_chans, image_size, pretrained, backbone_params)
+    count = 1 if region_backbones is None else len(set(region_backbones))
+    nets = [build_backbone(backbone, in_chans, image_size, pretrained, backbone_params) for _ in range(count)]
     if grad_checkpointing:
-        net.set_grad_checkpointing(True)
-    return Roi25d(net, in_chans, regions, num_outputs, hidden, dropout, window_stride, head_groups=head_groups)
+        for net in nets:
+            net.set_grad_checkpointing(True)
+    return Roi25d(nets[0], in_chans, regions, num_outputs, hidden, dropout, window_stride, head_groups=head_groups,
+                  extra_backbones=nets[1:], region_backbones=region_backbones)
 
 
 def _register_tiny(name: str, default_backbone: str, default_dropout: float, doc: str) -> None:
@@ -139,9 +179,11 @@ def _register_tiny(name: str, default_backbone: str, default_dropout: float, doc
     def tiny(backbone: str = default_backbone, in_chans: int = 3, regions: int = 1, num_outputs: int = 3,
              hidden: int = 32, dropout: float = default_dropout, image_size: int | None = None,
              pretrained: str | None = "none", backbone_params: dict | None = None, window_stride: int = 1,
-             head_groups: Sequence[Sequence[int]] | None = None) -> Roi25d:
+             head_groups: Sequence[Sequence[int]] | None = None,
+             region_backbones: Sequence[int] | None = None) -> Roi25d:
         return roi25d(backbone, in_chans, regions, num_outputs, hidden, dropout, image_size, pretrained,
-                      backbone_params, window_stride=window_stride, head_groups=head_groups)
+                      backbone_params, window_stride=window_stride, head_groups=head_groups,
+                      region_backbones=region_backbones)
 
     tiny.__name__ = tiny.__qualname__ = name
     tiny.__doc__ = doc

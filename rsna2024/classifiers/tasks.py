@@ -9,6 +9,8 @@ Per fold (see :mod:`rsna2024.training.task` for the order of the calls):
   logits of each sample's level, so the model starts from the prior and learns what the images add;
 - ``model.params.head``: ``dense`` (each output reads every region) or ``own_region`` (the global model's
   conditions each read their own region: :meth:`RoiTask.head_groups`);
+- ``model.params.backbones``: ``shared`` (one backbone for every region) or ``per_series`` (one backbone per
+  series type the regions come from: :meth:`RoiTask.region_backbones`);
 - loss: cross-entropy with class weights ``data.class_weights`` (1, 2, 4 as the metric), missing labels
   ignored (``ignore_index``); the global model's 15 outputs are 5 conditions x 3 classes;
 - validation after each epoch: the held-out fold's studies on ``data.valid_points`` (true points by
@@ -34,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rsna2024.classifiers.dataset import RoiDataset, region_count
+from rsna2024.classifiers.dataset import RoiDataset, region_count, region_series
 from rsna2024.classifiers.models import class_logits, class_probabilities
 from rsna2024.classifiers.point_task import DEFAULT_OOF_POINTS, TRUE_POINTS, PointTask, default_cache_folder
 from rsna2024.classifiers.roi import SPINAL, RoiConfig, side_of
@@ -47,6 +49,7 @@ from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
 HEADS = ("dense", "own_region")  # model.params.head of the stage-2 tasks
+BACKBONES = ("shared", "per_series")  # model.params.backbones of the stage-2 tasks
 __all__ = ["DEFAULT_OOF_POINTS", "TRUE_POINTS", "ClassifierData", "RoiTask", "default_cache_folder"]
 
 
@@ -155,12 +158,26 @@ class RoiTask(PointTask):
             groups[CONDITIONS.index(SPINAL)].append(len(CONDITIONS))
         return groups
 
+    def region_backbones(self, backbones: str) -> list[int] | None:
+        """The backbone index of each region for ``model.params.backbones``: ``shared`` (default; None) or
+        ``per_series`` (regions of one series type share a backbone, numbered in order of appearance; None when
+        every region comes from one series type)."""
+        if backbones not in BACKBONES:
+            raise ConfigError(f"model.params.backbones: expected one of {', '.join(BACKBONES)}, got {backbones!r}")
+        series = region_series(self.conditions, self.data.roi)
+        kinds = list(dict.fromkeys(series))
+        if backbones == "shared" or len(kinds) == 1:
+            return None
+        return [kinds.index(s) for s in series]
+
     def model_params(self) -> dict:
         params = dict(self.cfg.model.params)
         groups = self.head_groups(params.pop("head", "dense"))
+        backbones = self.region_backbones(params.pop("backbones", "shared"))
         return {**params, "regions": region_count(self.conditions, self.data.roi),
                 "num_outputs": 3 * (len(CONDITIONS) if self.is_global else 1),
-                "image_size": self.data.roi.out_size, **({"head_groups": groups} if groups else {})}
+                "image_size": self.data.roi.out_size, **({"head_groups": groups} if groups else {}),
+                **({"region_backbones": backbones} if backbones else {})}
 
     def forward(self, model, batch):
         return model(batch["image"], batch["level"] if self.data.prior_logits else None)
