@@ -81,6 +81,23 @@ def test_ddp_two_cpu_processes_see_different_samples_and_end_with_equal_weights(
     assert proc.stdout.count("toy_exp fold 0 done") == 1
 
 
+def test_ddp_trains_a_model_whose_layers_freeze_and_unfreeze_between_epochs(tmp_path):
+    """The S2 baseline's schedule under torchrun: the encoder frozen in epoch 0, trained in epoch 1."""
+    data = write_toy_data(tmp_path / "data", studies=8)
+    config = _config(tmp_path, epochs=2, batch_size=2, data={"trace": True, "freeze_epochs": 1})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "rsna2024.cli", "train", "--config", str(config), "--data", str(data), "--fold", "0",
+           "--out", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "toy_exp"
+    w = {(r, e): torch.load(run / f"weights_rank{r}_epoch{e}.pt") for r in (0, 1) for e in (0, 1)}
+    assert all(torch.equal(w[0, e][k], w[1, e][k]) for e in (0, 1) for k in w[0, e])  # ranks stay in step
+    encoder = [k for k in w[0, 0] if k.startswith("encoder.") and k.endswith("weight")]
+    assert encoder and any(not torch.equal(w[0, 0][k], w[0, 1][k]) for k in encoder)  # it trained in epoch 1
+
+
 def _bench_main():
     import importlib.util
 

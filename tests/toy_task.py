@@ -37,6 +37,7 @@ class ToyData:
     sigma: float = 2.0
     noise: float = 0.2
     trace: bool = False
+    freeze_epochs: int = 0  # epochs with the encoder frozen (the S2 baseline's schedule, for the DDP test)
 
 
 def _blob(size: int, x: float, y: float, sigma: float) -> np.ndarray:
@@ -94,6 +95,14 @@ class ToyPointTask(Task):
     def validate(self, preds, dataset, ctx):
         assert list(preds["study_id"]) == dataset.studies  # every valid sample once, in dataset order
         return {"point_error": float(np.linalg.norm(preds["point"] - preds["true"], axis=1).mean())}
+
+    @property
+    def frozen_parameters(self) -> bool:
+        return self.data.freeze_epochs > 0
+
+    def on_epoch_start(self, model, epoch, ctx):
+        for p in model.encoder.parameters():
+            p.requires_grad_(epoch >= self.data.freeze_epochs)
 
     def on_epoch_end(self, model, epoch, metrics, ctx):
         if self.data.trace:

@@ -192,6 +192,11 @@ class S2LevelEmbeddingTask(TargetTask):
     def forward(self, model, batch):
         return model(batch["image"], batch["level"])
 
+    @property
+    def frozen_parameters(self) -> bool:
+        """The backbone is frozen, whole or but its last tensors, in some epochs."""
+        return self.data.freeze_epochs > 0 or self.data.unfreeze_last is not None
+
     def on_epoch_start(self, model, epoch: int, ctx: FoldContext) -> None:
         last = 0 if epoch < self.data.freeze_epochs else self.data.unfreeze_last
         trainable = model.set_backbone_trainable(last)

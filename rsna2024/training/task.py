@@ -135,6 +135,10 @@ class Task:
         mode: ``"min"`` if lower is better, ``"max"`` otherwise.
         collate_fn: the DataLoader's collate function (None: torch's default, which stacks dicts of tensors);
             assign it as ``collate_fn = staticmethod(my_collate)`` so it is not bound to the task.
+
+    ``frozen_parameters`` (property, default False): True when some parameters get no gradient in some epochs
+    (:meth:`on_epoch_start` freezes them); under DDP the trainer then lets DistributedDataParallel look for them
+    every step (``find_unused_parameters``), which it otherwise refuses.
     """
 
     name: ClassVar[str] = ""
@@ -196,6 +200,11 @@ class Task:
         gathered from all ranks) plus ``index``. Must contain :attr:`metric` unless that is ``valid_loss``,
         which the trainer adds."""
         return {}
+
+    @property
+    def frozen_parameters(self) -> bool:
+        """Whether some parameters go without a gradient in some epochs (see the class docstring)."""
+        return False
 
     # ----------------------------------------------------------------- hooks
     def on_epoch_start(self, model: nn.Module, epoch: int, ctx: FoldContext) -> None:

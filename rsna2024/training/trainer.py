@@ -305,7 +305,8 @@ class FoldTrainer:
         self.model = model
         if self.dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.frozen_parameters)
             seed_everything(_derived_seed(cfg.seed + self.fold, self.dist.rank))  # ranks augment differently
         self.generator = torch.Generator()
         if self.dist.enabled:
