@@ -200,10 +200,16 @@ def test_run_folders_predict_cannot_use_are_clear_errors(demo_runs, tmp_path, ca
     untrained = tmp_path / "split_spinal_untrained"
     untrained.mkdir()
     shutil.copy(demo_runs.runs / "split_spinal" / "config.yaml", untrained / "config.yaml")
+    broken, taskless = tmp_path / "broken", tmp_path / "taskless"
+    for folder, text in ((broken, "task: [unclosed\n"), (taskless, "name: x\nepochs: 1\n")):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(text)
     cases = {
         str(tmp_path / "nowhere"): "folder not found",
         str(untrained): f"{untrained} has no fold model (no fold*_best.pt)",
         str(demo_runs.runs / "keypoint_report"): "is not a run folder (no config.yaml",
+        str(broken): f"{broken / 'config.yaml'}: not valid YAML",
+        str(taskless): f"{taskless / 'config.yaml'}: not an experiment config (no task)",
     }
     for run, message in cases.items():
         assert main(["predict", "--data", data, "--runs", *good, run, "--out", str(tmp_path / "s.csv")]) == 2

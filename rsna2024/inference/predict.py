@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from rsna2024.constants import LEVELS, MIRRORED_CONDITION, PRED_COLUMNS, SAMPLE_SUBMISSION_FILE, study_row_ids
@@ -50,7 +49,6 @@ from rsna2024.utils.logging import get_logger
 from rsna2024.utils.messages import describe_items
 
 log = get_logger(__name__)
-CONFIG_FILE = "config.yaml"
 SUMMARY_COLUMNS = ("study_id", "rows_from_prior", "cause")
 _SIDE = re.compile(r"_(left|right)_")
 
@@ -73,23 +71,16 @@ class RunFolder:
 def inspect_run(path: str | Path) -> RunFolder:
     """The task and trained folds of a run folder; a clear error when it is not a trained keypoint, classifier or
     baseline run (no folder, no config.yaml, another task, no ``fold*_best.pt``)."""
-    from rsna2024.training.checkpoint import run_folds
+    from rsna2024.training.checkpoint import run_folds, run_task
     from rsna2024.training.runner import task_kind
 
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"--runs: {path}: run folder not found")
-    config = path / CONFIG_FILE
-    if not config.is_file():
-        raise ConfigError(f"--runs: {path} is not a run folder (no {CONFIG_FILE}; run folders are written by "
-                          "`rsna2024 train` / `rsna2024 run`)")
     try:
-        raw = yaml.safe_load(config.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config}: not valid YAML ({exc})") from None
-    task = raw.get("task") if isinstance(raw, dict) else None
-    if not isinstance(task, str):
-        raise ConfigError(f"{config}: not an experiment config (no task)")
+        task = run_task(path)
+    except ConfigError as exc:
+        raise ConfigError(f"--runs: {exc}") from None
     kind = task_kind(task)
     if kind == "other":
         raise ConfigError(f"--runs: {path} is a {task!r} run; predict takes keypoint runs (keypoint_*), classifier "

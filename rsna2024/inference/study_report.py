@@ -135,8 +135,8 @@ def _study_fold(data_dir: Path, study_id: int, split: str, folds_path: str | Pat
 
 def _run_config(run_dir: Path):
     """The typed config of a run folder (its ``config.yaml``)."""
+    from rsna2024.training.checkpoint import CONFIG_FILE
     from rsna2024.training.config import load_config
-    from rsna2024.training.trainer import CONFIG_FILE
 
     path = run_dir / CONFIG_FILE
     if not path.is_file():

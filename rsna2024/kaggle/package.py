@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from rsna2024 import __version__
 from rsna2024.baselines.prior import PRIOR_FILE
 from rsna2024.errors import ConfigError
@@ -30,14 +28,13 @@ from rsna2024.kaggle import COMPETITION, DEFAULT_EXCLUDE
 from rsna2024.kaggle import metadata as meta
 from rsna2024.kaggle import notebook as nbk
 from rsna2024.kaggle import wheels as wh
-from rsna2024.training.checkpoint import best_path, done_path
+from rsna2024.training.checkpoint import CONFIG_FILE, best_path, done_path, run_task
 from rsna2024.training.checkpoint import run_folds as checkpoint_folds
 from rsna2024.utils.io import check_overwrite
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
 MANIFEST = "rsna2024-package.json"
-RUN_FILES = "config.yaml"
 
 
 @dataclass
@@ -65,14 +62,7 @@ class PackageResult:
 def run_folds(run_dir: Path) -> list[int]:
     """The folds of a run folder that have a best checkpoint; ConfigError unless it holds config.yaml and one."""
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_FILES).is_file():
-        raise ConfigError(f"{run_dir}: not a run folder (no {RUN_FILES}; runs are written by rsna2024 train)")
-    try:
-        raw = yaml.safe_load((run_dir / RUN_FILES).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{run_dir / RUN_FILES}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict) or "task" not in raw:
-        raise ConfigError(f"{run_dir / RUN_FILES}: not an experiment config (no task)")
+    run_task(run_dir)  # a ConfigError unless it is a run folder with a config naming its task
     folds = checkpoint_folds(run_dir)
     if not folds:
         raise ConfigError(f"{run_dir}: no fold*_best.pt (no fold of this run has finished an epoch)")
@@ -92,7 +82,7 @@ def _copy_runs(runs: Sequence[Path], dest: Path) -> dict[str, list[int]]:
             raise ConfigError(f"--runs: two run folders are named {name!r}; Kaggle's package keeps runs/<name>/")
         folds = run_folds(run_dir)
         (dest / name).mkdir(parents=True)
-        shutil.copy2(run_dir / RUN_FILES, dest / name / RUN_FILES)
+        shutil.copy2(run_dir / CONFIG_FILE, dest / name / CONFIG_FILE)
         if (run_dir / PRIOR_FILE).is_file():  # predict's fallback when the data folder has no train.csv
             shutil.copy2(run_dir / PRIOR_FILE, dest / name / PRIOR_FILE)
         for k in folds:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rsna2024.errors import RsnaError
+from rsna2024.errors import ConfigError, RsnaError
 from rsna2024.utils.io import atomic_path
 
 CHECKPOINT_FORMAT = 1
@@ -81,6 +81,28 @@ def load_fold_model(run_dir: str | Path, fold: int, device: str | torch.device =
     model = create_task(cfg).build_model(pretrained=False)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
+
+
+CONFIG_FILE = "config.yaml"  # the resolved config in every run folder
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task named by a run folder's ``config.yaml``; a ConfigError naming the folder or file when it is not a
+    run folder (no config), or the file is not valid YAML or names no task."""
+    import yaml
+
+    config = Path(run_dir) / CONFIG_FILE
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG_FILE}; run folders are written by "
+                          "`rsna2024 train` / `rsna2024 run`)")
+    try:
+        raw = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config}: not valid YAML ({exc})") from None
+    task = raw.get("task") if isinstance(raw, dict) else None
+    if not isinstance(task, str):
+        raise ConfigError(f"{config}: not an experiment config (no task)")
+    return task
 
 
 def run_folds(run_dir: str | Path) -> list[int]:

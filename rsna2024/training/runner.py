@@ -688,8 +688,8 @@ class FoldJobs:
 def check_run_config(cfg, run_dir: Path) -> None:
     """Raise ConfigError when ``run_dir`` was trained with another config than ``cfg`` (as the fold trainer
     does before training), so a finished fold of a changed config is never taken as done."""
+    from rsna2024.training.checkpoint import CONFIG_FILE
     from rsna2024.training.config import config_differences, config_to_dict
-    from rsna2024.training.trainer import CONFIG_FILE
 
     path = run_dir / CONFIG_FILE
     if path.is_file():

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from rsna2024.errors import ConfigError, RsnaError
 from rsna2024.training import distributed as ddp
 from rsna2024.training.checkpoint import (
+    CONFIG_FILE,
     best_path,
     done_path,
     last_path,
@@ -60,7 +61,6 @@ from rsna2024.utils.io import atomic_write_text, clean_stale_temporaries
 from rsna2024.utils.logging import ensure_logging, get_logger
 
 log = get_logger(__name__)
-CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.txt"
 SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the GPU)
 PLOT_EVERY_S = 60.0  # the curves PNG is redrawn at most this often during a fold, and at its end
