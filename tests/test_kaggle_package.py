@@ -3,6 +3,7 @@ the kit's wheel, the packaged checkpoints, and one-line failures without credent
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from conftest import dead_pid, stale_temporary
 from kaggle_helpers import ROOT, offline, placeholder_credentials, python_cmd, train_toy_run
 from packaging.requirements import Requirement
 
@@ -39,11 +41,17 @@ def toy_run(tmp_path_factory):
 def package(toy_run, tmp_path_factory):
     """``rsna2024 kaggle package`` of the toy run (kit wheel only), through the command line."""
     out = tmp_path_factory.mktemp("package") / "build"
+    out.mkdir()
+    killed = stale_temporary(out, "package", dead_pid())  # the work folder of a packaging killed earlier
+    killed.unlink()
+    (killed / "dataset").mkdir(parents=True)
+    os.utime(killed, (killed.stat().st_atime - 3600, killed.stat().st_mtime - 3600))
     before = {p: p.exists() for p in (ROOT / "build", ROOT / "rsna2024.egg-info")}
     code = main(["kaggle", "package", "--runs", str(toy_run), "--name", NAME, "--out", str(out), "--user", "tester",
                  "--no-deps-wheels"])
     assert code == 0
     assert {p: p.exists() for p in before} == before  # the wheel is built from a copy: the checkout stays clean
+    assert sorted(p.name for p in out.iterdir()) == ["dataset", "kernel"]  # neither this run's nor the killed one's
     return out
 
 

@@ -18,6 +18,7 @@ from rsna2024.utils.io import (
     check_overwrite,
     check_writable_dir,
     clean_stale_temporaries,
+    temporary_folder,
     text_encoding,
 )
 
@@ -72,6 +73,25 @@ def test_stale_temporaries_go_and_live_writers_keep_theirs(tmp_path):
         live.wait()
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
     assert clean_stale_temporaries(tmp_path / "absent") == []
+
+
+def test_temporary_folders_go_when_done_and_a_killed_writers_go_at_the_next_clean(tmp_path):
+    with pytest.raises(RuntimeError), temporary_folder(tmp_path, "package") as tmp:
+        (tmp / "dataset").mkdir()
+        (tmp / "dataset" / "weights.pt").write_bytes(b"x")
+        assert TEMP_PATTERN.match(tmp.name) and tmp.parent == tmp_path
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    # what a killed packaging left: its folder, with content, from a pid that is gone
+    stale = stale_temporary(tmp_path, "package", dead_pid())
+    stale.unlink()
+    stale.mkdir()
+    (stale / "dataset").mkdir()
+    (stale / "dataset" / "weights.pt").write_bytes(b"half")
+    os.utime(stale, (stale.stat().st_atime - 3600, stale.stat().st_mtime - 3600))
+    with temporary_folder(tmp_path, "package") as mine:  # this process's own, in use: kept
+        assert clean_stale_temporaries(tmp_path, recursive=False) == [stale]
+        assert mine.is_dir() and not stale.exists()
 
 
 def test_check_overwrite_names_the_file(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from rsna2024.kaggle import notebook as nbk
 from rsna2024.kaggle import wheels as wh
 from rsna2024.training.checkpoint import CONFIG_FILE, best_path, done_path, run_task
 from rsna2024.training.checkpoint import run_folds as checkpoint_folds
-from rsna2024.utils.io import check_overwrite
+from rsna2024.utils.io import check_overwrite, clean_stale_temporaries, temporary_folder
 from rsna2024.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -127,9 +126,10 @@ def build_package(runs: Sequence[Path], name: str, out: Path = Path("kernels/bui
     nbk.load_template(template)
 
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(out, recursive=False)  # what a killed packaging left behind
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".package-", dir=out) as tmp:
-        dataset, kernel = Path(tmp) / "dataset", Path(tmp) / "kernel"
+    with temporary_folder(out, "package") as tmp:
+        dataset, kernel = tmp / "dataset", tmp / "kernel"
         packaged = _copy_runs(runs, dataset / "runs")
         kit = wh.build_kit_wheel(dataset / "wheels")
         log.info("built %s", kit.name)

@@ -5,6 +5,7 @@ import codecs
 import contextlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -53,6 +54,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def temporary_folder(parent: str | os.PathLike, name: str = "folder") -> Iterator[Path]:
+    """A new folder in ``parent``, removed with its content when the block ends, either way. Named like the
+    atomic writers' temporaries (:data:`TEMP_PATTERN`), so the one a killed process leaves behind is removed by
+    :func:`clean_stale_temporaries`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(name), suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -127,12 +142,19 @@ def is_stale_temporary(path: str | os.PathLike) -> bool:
 
 def clean_stale_temporaries(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Remove the stale temporaries (:func:`is_stale_temporary`) in ``root`` (and its subfolders when
-    ``recursive``): what a killed run left half written. Returns the paths removed; nothing else is touched."""
+    ``recursive``): what a killed run left half written, files and :func:`temporary_folder` folders. Returns the
+    paths removed; nothing else is touched."""
     root = Path(root)
     if not root.is_dir():
         return []
     removed = []
     for folder, dirs, files in os.walk(root):
+        for name in [d for d in dirs if d.endswith(".tmp")]:
+            path = Path(folder) / name
+            if is_stale_temporary(path):
+                shutil.rmtree(path, ignore_errors=True)
+                dirs.remove(name)
+                removed.append(path)
         if not recursive:
             dirs.clear()
         for name in files:
