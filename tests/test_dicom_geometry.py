@@ -160,6 +160,22 @@ def test_roi_crop_in_mm_is_resampled_exactly(tmp_path):
     assert roi_square(s, center + 3 * SAG_N, 4.0, 0) == pytest.approx((12.0, 6.0, 28.0, 14.0))
 
 
+def test_roi_crop_reads_only_a_window_of_the_slice_and_matches_sampling_the_whole_slice(tmp_path):
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(1)
+    s = read_series(_write(tmp_path / "1" / "40", [(1, (5.0, 6.0, 7.0), SAG_ROW, SAG_COL)], shape=(30, 40),
+                           spacing=(0.5, 0.25), pixels=rng.integers(0, 1000, (30, 40))))
+    for _ in range(60):  # squares inside, across the edges of, and wholly outside the slice
+        center = s.to_patient(1, *rng.uniform(-30, 70, 2))
+        size, n, order = rng.uniform(1, 30), int(rng.integers(2, 24)), int(rng.integers(0, 4))
+        x0, y0, x1, y1 = roi_square(s, center, size, 0)
+        steps = (np.arange(n) + 0.5) / n
+        yy, xx = np.meshgrid(y0 + steps * (y1 - y0), x0 + steps * (x1 - x0), indexing="ij")
+        whole = map_coordinates(np.asarray(s.pixels[0], np.float32), [yy, xx], order=order, mode="constant")
+        np.testing.assert_array_equal(crop_roi(s, center, size, n, order=order)[0], whole)
+
+
 def test_volume_affine_matches_per_slice_geometry_for_a_regular_stack(oblique_sag):
     s = oblique_sag
     # voxel (x=3, y=5, slice 4) -> slice 4's pixel (3, 5); the slice step is 4 mm along the normal

@@ -155,9 +155,21 @@ def crop_roi(series: Series, center: Sequence[float], size_mm: float, out_size: 
         slices = [series.nearest_slice(center)[0]]
     steps = (np.arange(out_size) + 0.5) / out_size  # sample centres of the out grid, as fractions of the side
     out = np.zeros((len(slices), out_size, out_size), dtype=np.float32)
+    margin = order + 2  # pixels beyond the samples that bilinear (or nearest) interpolation may read
     for j, i in enumerate(slices):
         x0, y0, x1, y1 = roi_square(series, center, size_mm, int(i))
-        yy, xx = np.meshgrid(y0 + steps * (y1 - y0), x0 + steps * (x1 - x0), indexing="ij")
-        out[j] = map_coordinates(np.asarray(series.pixels[i], dtype=np.float32), [yy, xx], order=order,
-                                 mode="constant", cval=0.0)
+        ys, xs = y0 + steps * (y1 - y0), x0 + steps * (x1 - x0)
+        h, w = series.pixels[i].shape
+        # only the pixels the samples can reach are converted (a region is small next to a whole slice); a
+        # window clipped at the slice's edges leaves what lies outside it outside the image, as before. Spline
+        # orders above 1 prefilter the whole array they get, so they get the whole slice.
+        r0, r1, c0, c1 = 0, h, 0, w
+        if order <= 1:
+            r0, r1 = max(int(np.floor(min(ys))) - margin, 0), min(int(np.ceil(max(ys))) + margin + 1, h)
+            c0, c1 = max(int(np.floor(min(xs))) - margin, 0), min(int(np.ceil(max(xs))) + margin + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            continue  # the square lies wholly outside the slice: zeros
+        window = np.asarray(series.pixels[i][r0:r1, c0:c1], dtype=np.float32)
+        yy, xx = np.meshgrid(ys - r0, xs - c0, indexing="ij")
+        out[j] = map_coordinates(window, [yy, xx], order=order, mode="constant", cval=0.0)
     return out
