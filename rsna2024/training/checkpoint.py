@@ -18,6 +18,7 @@ from rsna2024.errors import ConfigError, RsnaError
 from rsna2024.utils.io import atomic_path
 
 CHECKPOINT_FORMAT = 1
+CONFIG_FILE = "config.yaml"  # the resolved config in every run folder
 
 
 def last_path(run_dir: Path, fold: int) -> Path:
@@ -81,9 +82,6 @@ def load_fold_model(run_dir: str | Path, fold: int, device: str | torch.device =
     model = create_task(cfg).build_model(pretrained=False)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
-
-
-CONFIG_FILE = "config.yaml"  # the resolved config in every run folder
 
 
 def run_task(run_dir: str | Path) -> str:
