@@ -52,17 +52,23 @@ def test_train_command_reports_config_errors_without_traceback(tmp_path, capsys)
     assert not (tmp_path / "runs").exists()
 
 
-def test_ddp_two_cpu_processes_see_different_samples_and_end_with_equal_weights(tmp_path):
-    """torchrun --nproc_per_node 2 rsna2024 train: gloo, DistributedSampler, gathered validation."""
-    data = write_toy_data(tmp_path / "data", studies=16)
-    config = _config(tmp_path, epochs=2, batch_size=2, data={"trace": True})
+def _torchrun_fold0(tmp_path, studies: int, data: dict):
+    """``torchrun --nproc_per_node 2 rsna2024 train`` of the toy experiment's fold 0 (2 epochs, batch 2 per rank)
+    on ``studies`` toy studies; returns the finished process and the run folder."""
+    folder = write_toy_data(tmp_path / "data", studies=studies)
+    config = _config(tmp_path, epochs=2, batch_size=2, data=data)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rsna2024.cli", "train", "--config", str(config), "--data", str(data), "--fold", "0",
+           "-m", "rsna2024.cli", "train", "--config", str(config), "--data", str(folder), "--fold", "0",
            "--out", str(tmp_path / "runs")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "runs" / "toy_exp"
+    return proc, tmp_path / "runs" / "toy_exp"
+
+
+def test_ddp_two_cpu_processes_see_different_samples_and_end_with_equal_weights(tmp_path):
+    """torchrun --nproc_per_node 2 rsna2024 train: gloo, DistributedSampler, gathered validation."""
+    proc, run = _torchrun_fold0(tmp_path, studies=16, data={"trace": True})
     seen = [[int(s) for line in (run / f"trace_rank{r}.txt").read_text().split("\n") for s in line.split()]
             for r in (0, 1)]
     # 8 training studies, batch 2 per rank: each epoch every rank takes 4 studies, the two halves disjoint
@@ -83,15 +89,7 @@ def test_ddp_two_cpu_processes_see_different_samples_and_end_with_equal_weights(
 
 def test_ddp_trains_a_model_whose_layers_freeze_and_unfreeze_between_epochs(tmp_path):
     """The S2 baseline's schedule under torchrun: the encoder frozen in epoch 0, trained in epoch 1."""
-    data = write_toy_data(tmp_path / "data", studies=8)
-    config = _config(tmp_path, epochs=2, batch_size=2, data={"trace": True, "freeze_epochs": 1})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rsna2024.cli", "train", "--config", str(config), "--data", str(data), "--fold", "0",
-           "--out", str(tmp_path / "runs")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "runs" / "toy_exp"
+    _, run = _torchrun_fold0(tmp_path, studies=8, data={"trace": True, "freeze_epochs": 1})
     w = {(r, e): torch.load(run / f"weights_rank{r}_epoch{e}.pt") for r in (0, 1) for e in (0, 1)}
     assert all(torch.equal(w[0, e][k], w[1, e][k]) for e in (0, 1) for k in w[0, e])  # ranks stay in step
     encoder = [k for k in w[0, 0] if k.startswith("encoder.") and k.endswith("weight")]
