@@ -91,28 +91,35 @@ class SeriesStore:
         return state
 
 
+def _condition_slots(conditions) -> list[str]:
+    """The condition of each slot region of an item: all five (global) or, for a split model, its first (the
+    conditions of one split model share one rule)."""
+    return list(CONDITIONS) if len(conditions) == len(CONDITIONS) else [conditions[0]]
+
+
+def _axial_extras(conditions, cfg: RoiConfig) -> int:
+    """Regions after the slots: 1 for the spinal model's axial region (``roi.spinal_axial``), else 0."""
+    return int(cfg.spinal_axial and SPINAL in conditions)
+
+
 def region_count(conditions, cfg: RoiConfig) -> int:
     """Regions per item: one per condition slot (split models: 1), +1 for the spinal axial region."""
-    slots = 1 if len(conditions) < len(CONDITIONS) else len(CONDITIONS)
-    return slots + int(cfg.spinal_axial and SPINAL in conditions)
+    return len(_condition_slots(conditions)) + _axial_extras(conditions, cfg)
 
 
 def region_series(conditions, cfg: RoiConfig) -> list[str]:
     """The series type each region of an item is cut from (:func:`region_count` order)."""
-    slots = list(CONDITIONS) if len(conditions) == len(CONDITIONS) else [conditions[0]]
-    return [CONDITION_SERIES[c] for c in slots] + [AXIAL_T2] * (region_count(conditions, cfg) - len(slots))
+    return [CONDITION_SERIES[c] for c in _condition_slots(conditions)] + [AXIAL_T2] * _axial_extras(conditions, cfg)
 
 
 def region_slice_moves(conditions, cfg: RoiConfig) -> np.ndarray:
     """Per region of an item (:func:`region_count` order), how many slices the training jitter may move its
-    window either way (:func:`~rsna2024.classifiers.roi.slice_jitter`; a split model's conditions share one
-    rule)."""
-    slots = list(CONDITIONS) if len(conditions) == len(CONDITIONS) else [conditions[0]]
+    window either way (:func:`~rsna2024.classifiers.roi.slice_jitter`)."""
     moves = []
-    for condition in slots:
+    for condition in _condition_slots(conditions):
         window = condition_window(condition, LEVELS[0], cfg)
         moves.append(slice_jitter(cfg, window["plane"], anchored=window["anchor_mm"] is not None))
-    moves += [slice_jitter(cfg, "axial")] * (region_count(conditions, cfg) - len(slots))
+    moves += [slice_jitter(cfg, "axial")] * _axial_extras(conditions, cfg)
     return np.array(moves, dtype=np.int64)
 
 
