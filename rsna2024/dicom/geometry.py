@@ -165,8 +165,8 @@ def crop_roi(series: Series, center: Sequence[float], size_mm: float, out_size: 
         # orders above 1 prefilter the whole array they get, so they get the whole slice.
         r0, r1, c0, c1 = 0, h, 0, w
         if order <= 1:
-            r0, r1 = max(int(np.floor(min(ys))) - margin, 0), min(int(np.ceil(max(ys))) + margin + 1, h)
-            c0, c1 = max(int(np.floor(min(xs))) - margin, 0), min(int(np.ceil(max(xs))) + margin + 1, w)
+            r0, r1 = max(int(np.floor(ys.min())) - margin, 0), min(int(np.ceil(ys.max())) + margin + 1, h)
+            c0, c1 = max(int(np.floor(xs.min())) - margin, 0), min(int(np.ceil(xs.max())) + margin + 1, w)
         if r0 >= r1 or c0 >= c1:
             continue  # the square lies wholly outside the slice: zeros
         window = np.asarray(series.pixels[i][r0:r1, c0:c1], dtype=np.float32)
