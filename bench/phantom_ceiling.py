@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import erf
 
 from rsna2024.baselines.prior import fit_prior
 from rsna2024.constants import PRED_COLUMNS
 from rsna2024.data.contract import labels_long
 from rsna2024.metric import score_labelled_rows
 from rsna2024.synthetic.anatomy import NARROWING_RANGES
-
-_erf = np.vectorize(math.erf)
 
 
 def _likelihood(fraction: np.ndarray, noise: float) -> np.ndarray:
@@ -39,7 +38,7 @@ def _likelihood(fraction: np.ndarray, noise: float) -> np.ndarray:
             out.append(((fraction >= lo) & (fraction <= hi)) / (hi - lo))
         else:
             z = noise * math.sqrt(2)
-            out.append(0.5 * (_erf((hi - fraction) / z) - _erf((lo - fraction) / z)) / (hi - lo))
+            out.append(0.5 * (erf((hi - fraction) / z) - erf((lo - fraction) / z)) / (hi - lo))
     return np.stack(out, axis=1)
 
 
